@@ -1,0 +1,181 @@
+"""Point prompts from label maps (paper, sections 2.2 and 2.3).
+
+For each semantic class ``c`` of a label map (a ground-truth annotation or the argmax of an
+unprompted prediction) we keep the **largest 8-connected component** of the class mask (a
+post-processing of the noisy prediction) and take two points from it:
+
+* the **centre point**: the pixel of the component farthest from its boundary, i.e. the argmax
+  of the Euclidean distance transform of the component (ties: first pixel in row-major order).
+  The map is padded with one background pixel on every side before the transform, so that the
+  image border counts as a boundary too; without it a component that touches the border would
+  have its "centre" pulled onto the border.
+* a **random point**: drawn uniformly over the component's pixels.
+
+Conventions (see ``docs/ENGINE_API.md``):
+
+* Coordinates are ``(x, y)`` = ``(column, row)`` in the pixel grid of the map, as integers stored
+  in float tensors. SAM's +0.5 pixel-centre shift is *not* added here; the model adds it.
+* One point per class: ``coords [B, C, 2]`` and ``labels [B, C]`` where the label of the point of
+  class ``c`` is the class index ``c`` (1..C).
+* **Absent classes**: when class ``c`` has no pixel in a map, its point is a *padding point*:
+  label ``-1`` ("not a point", SAM's ``not_a_point`` embedding) and coordinates ``(0, 0)``. If
+  every class is absent, all points are padding, so the prompted pass behaves like a prompt
+  without any positive point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple, Union
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import InputError
+
+__all__ = [
+    "PointPrompts",
+    "largest_component",
+    "center_point",
+    "random_point",
+    "points_from_label_maps",
+    "NOT_A_POINT",
+]
+
+#: Label of a padding point (class absent from the map).
+NOT_A_POINT = -1
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 8-connected component of a boolean ``[H, W]`` mask (empty in -> empty out).
+
+    Ties between components of equal size go to the one whose first pixel comes first in
+    row-major order (lowest label of ``scipy.ndimage.label``).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise InputError(f"largest_component expects a 2D mask, got shape {mask.shape}")
+    labelled, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)
+    sizes[0] = 0  # background
+    return labelled == int(np.argmax(sizes))
+
+
+def center_point(component: np.ndarray) -> Tuple[int, int]:
+    """``(x, y)`` of the pixel of ``component`` farthest from its boundary.
+
+    The argmax of the Euclidean distance transform of the (one-pixel zero-padded) component;
+    ties go to the first pixel in row-major order. Raises ``InputError`` on an empty component.
+    """
+    component = np.asarray(component, dtype=bool)
+    if component.ndim != 2:
+        raise InputError(f"center_point expects a 2D mask, got shape {component.shape}")
+    if not component.any():
+        raise InputError("center_point: the component is empty")
+    dist = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(col), int(row)
+
+
+def random_point(component: np.ndarray, rng: np.random.Generator) -> Tuple[int, int]:
+    """``(x, y)`` of a pixel drawn uniformly from ``component`` with ``rng``."""
+    component = np.asarray(component, dtype=bool)
+    if component.ndim != 2:
+        raise InputError(f"random_point expects a 2D mask, got shape {component.shape}")
+    flat = np.flatnonzero(component)
+    if flat.size == 0:
+        raise InputError("random_point: the component is empty")
+    index = int(flat[rng.integers(flat.size)])
+    row, col = divmod(index, component.shape[1])
+    return int(col), int(row)
+
+
+@dataclass
+class PointPrompts:
+    """One centre point and one random point per class and map.
+
+    ``center`` and ``random``: float ``[B, C, 2]`` of ``(x, y)``; ``labels``: long ``[B, C]``, the
+    class index ``1..C`` or ``-1`` (padding point, coordinates 0) where the class is absent. The
+    labels are shared by both points of a class.
+    """
+
+    center: torch.Tensor
+    random: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.shape[1])
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def to(self, device: Union[str, torch.device]) -> "PointPrompts":
+        return PointPrompts(self.center.to(device), self.random.to(device), self.labels.to(device))
+
+    def stacked(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(coords [2B, C, 2], labels [2B, C])``: the centre points of the batch, then its
+        random points (one prompted pass over ``torch.cat([x, x])`` gives both outputs;
+        split the result with ``out[:B]`` = centre, ``out[B:]`` = random)."""
+        coords = torch.cat([self.center, self.random], dim=0)
+        labels = torch.cat([self.labels, self.labels], dim=0)
+        return coords, labels
+
+    @staticmethod
+    def cat(a: "PointPrompts", b: "PointPrompts") -> "PointPrompts":
+        """Concatenate two prompt sets along the batch (``a`` first)."""
+        if a.num_classes != b.num_classes:
+            raise InputError(
+                f"cannot concatenate prompts with {a.num_classes} and {b.num_classes} classes")
+        return PointPrompts(
+            torch.cat([a.center, b.center.to(a.center.device)], dim=0),
+            torch.cat([a.random, b.random.to(a.random.device)], dim=0),
+            torch.cat([a.labels, b.labels.to(a.labels.device)], dim=0),
+        )
+
+
+def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
+    """Centre and random point of the largest component of each class ``1..num_classes``.
+
+    ``maps``: ``[B, H, W]`` (or one ``[H, W]`` map) of class indices ``0..num_classes``, as a numpy
+    array or a torch tensor on any device. ``rng``: a ``np.random.Generator`` (or a seed; ``None``
+    = fresh entropy). Returns CPU tensors (see :class:`PointPrompts`); a class absent from a map
+    gets a padding point (label ``-1``, coordinates ``(0, 0)``) for both the centre and the
+    random point.
+    """
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().to("cpu").numpy()
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise InputError(f"label maps must be [B, H, W], got shape {maps.shape}")
+    if num_classes < 1:
+        raise InputError(f"num_classes must be >= 1, got {num_classes}")
+    if maps.size and (maps.min() < 0 or maps.max() > num_classes):
+        raise InputError(
+            f"label maps hold values in [{maps.min()}, {maps.max()}], expected 0..{num_classes}")
+    rng = np.random.default_rng(rng)
+
+    batch = maps.shape[0]
+    center = np.zeros((batch, num_classes, 2), dtype=np.float32)
+    rand = np.zeros((batch, num_classes, 2), dtype=np.float32)
+    labels = np.full((batch, num_classes), NOT_A_POINT, dtype=np.int64)
+    for b in range(batch):
+        for c in range(1, num_classes + 1):
+            component = largest_component(maps[b] == c)
+            if not component.any():
+                continue
+            center[b, c - 1] = center_point(component)
+            rand[b, c - 1] = random_point(component, rng)
+            labels[b, c - 1] = c
+    return PointPrompts(torch.from_numpy(center), torch.from_numpy(rand), torch.from_numpy(labels))

@@ -1,0 +1,159 @@
+"""Point prompts from label maps: largest 8-connected component, centre and random point."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from CPCSAMLib.errors import InputError
+from CPCSAMLib.prompts import (
+    PointPrompts,
+    center_point,
+    largest_component,
+    points_from_label_maps,
+    random_point,
+)
+
+
+def _rect(shape, r0, r1, c0, c1):
+    m = np.zeros(shape, dtype=bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def test_center_of_odd_square_is_its_middle_pixel():
+    m = _rect((20, 20), 5, 12, 3, 10)  # 7x7, rows 5..11, cols 3..9
+    assert center_point(m) == (6, 8)  # (x=column, y=row)
+
+
+def test_center_of_odd_rectangle_on_middle_row_first_tie():
+    m = _rect((20, 20), 5, 10, 3, 12)  # 5 rows (5..9) x 9 cols (3..11)
+    x, y = center_point(m)
+    assert y == 7  # middle row, exactly
+    # distance 3 is reached on the middle row for cols 5..9; ties -> first in row-major order
+    assert x == 5
+
+
+def test_center_is_inside_when_component_touches_border():
+    # the image border counts as boundary: a full map has its centre in the middle
+    assert center_point(np.ones((5, 5), dtype=bool)) == (2, 2)
+    m = _rect((9, 9), 0, 9, 0, 3)  # 9x3 strip along the left border
+    # middle column (x=1), not the border column x=0 an unpadded transform would give;
+    # rows 1..7 tie at distance 2 -> first in row-major order
+    assert center_point(m) == (1, 1)
+
+
+def test_largest_component_chooses_biggest_blob():
+    m = _rect((20, 20), 1, 4, 1, 4) | _rect((20, 20), 10, 15, 10, 15)  # 3x3 and 5x5
+    comp = largest_component(m)
+    assert comp.sum() == 25
+    assert comp[10:15, 10:15].all() and not comp[1:4, 1:4].any()
+    assert center_point(comp) == (12, 12)
+
+
+def test_corner_touching_squares_are_one_8_connected_component():
+    m = _rect((8, 8), 0, 3, 0, 3) | _rect((8, 8), 3, 6, 3, 6)
+    assert ndimage.label(m)[1] == 2  # 4-connectivity: two components
+    comp = largest_component(m)
+    assert comp.sum() == 18 and (comp == m).all()
+
+
+def test_largest_component_empty_in_empty_out():
+    comp = largest_component(np.zeros((6, 7), dtype=bool))
+    assert comp.shape == (6, 7) and comp.dtype == bool and not comp.any()
+
+
+def test_center_of_ring_and_l_shape_lies_inside():
+    ring = _rect((16, 16), 2, 14, 2, 14) & ~_rect((16, 16), 4, 12, 4, 12)  # width-2 ring
+    x, y = center_point(ring)
+    assert ring[y, x]
+    ell = _rect((16, 16), 1, 15, 1, 5) | _rect((16, 16), 11, 15, 1, 15)
+    x, y = center_point(ell)
+    assert ell[y, x]
+
+
+def test_random_points_inside_varied_and_reproducible():
+    ring = _rect((16, 16), 2, 14, 2, 14) & ~_rect((16, 16), 4, 12, 4, 12)
+    rng = np.random.default_rng(0)
+    pts = [random_point(ring, rng) for _ in range(200)]
+    assert all(ring[y, x] for x, y in pts)
+    assert len(set(pts)) > 20
+    rng_a, rng_b = np.random.default_rng(42), np.random.default_rng(42)
+    assert [random_point(ring, rng_a) for _ in range(10)] == [random_point(ring, rng_b) for _ in range(10)]
+
+
+def test_empty_component_raises():
+    with pytest.raises(InputError):
+        center_point(np.zeros((4, 4), dtype=bool))
+    with pytest.raises(InputError):
+        random_point(np.zeros((4, 4), dtype=bool), np.random.default_rng(0))
+
+
+def test_absent_class_is_padding_point():
+    maps = np.zeros((2, 8, 8), dtype=np.int64)
+    maps[0, 2:5, 2:5] = 1
+    pp = points_from_label_maps(maps, 1, np.random.default_rng(0))
+    assert pp.center.shape == (2, 1, 2) and pp.random.shape == (2, 1, 2) and pp.labels.shape == (2, 1)
+    assert pp.center.dtype == torch.float32 and pp.random.dtype == torch.float32
+    assert pp.labels.dtype == torch.long
+    assert pp.labels.tolist() == [[1], [-1]]
+    assert pp.center[0, 0].tolist() == [3.0, 3.0]
+    assert pp.center[1].abs().sum() == 0 and pp.random[1].abs().sum() == 0
+
+
+def test_multiclass_map_with_one_class_absent():
+    m = np.zeros((1, 20, 20), dtype=np.int64)
+    m[0, 1:4, 1:4] = 1          # small blob of class 1
+    m[0, 10:17, 10:17] = 1      # larger blob of class 1 (7x7, centre (13, 13))
+    m[0, 2:7, 12:17] = 3        # class 3 (5x5, centre (14, 4)); class 2 absent
+    pp = points_from_label_maps(m, 3, np.random.default_rng(1))
+    assert pp.labels.tolist() == [[1, -1, 3]]
+    assert pp.center[0].tolist() == [[13.0, 13.0], [0.0, 0.0], [14.0, 4.0]]
+    assert pp.random[0, 1].tolist() == [0.0, 0.0]
+    x, y = (int(v) for v in pp.random[0, 0])
+    assert 10 <= y < 17 and 10 <= x < 17  # inside the largest class-1 component
+    x, y = (int(v) for v in pp.random[0, 2])
+    assert m[0, y, x] == 3
+
+
+def test_all_classes_absent_gives_only_padding():
+    pp = points_from_label_maps(np.zeros((1, 5, 5), dtype=np.int64), 2, np.random.default_rng(0))
+    assert pp.labels.tolist() == [[-1, -1]]
+    assert pp.center.abs().sum() == 0 and pp.random.abs().sum() == 0
+
+
+def test_torch_input_and_seeded_reproducibility():
+    m = torch.zeros(3, 12, 12, dtype=torch.long)
+    m[:, 3:9, 2:10] = 1
+    m[1, 0:2, 0:2] = 2
+    a = points_from_label_maps(m, 2, np.random.default_rng(7))
+    b = points_from_label_maps(m.numpy(), 2, np.random.default_rng(7))
+    assert torch.equal(a.center, b.center) and torch.equal(a.random, b.random)
+    assert torch.equal(a.labels, b.labels)
+    assert a.center.device.type == "cpu"
+    assert a.labels.tolist() == [[1, -1], [1, 2], [1, -1]]
+    if torch.cuda.is_available():
+        c = points_from_label_maps(m.cuda(), 2, np.random.default_rng(7))
+        assert c.center.device.type == "cpu" and torch.equal(c.random, a.random)
+        assert c.to("cuda").labels.device.type == "cuda"
+
+
+def test_stacked_and_cat_layout():
+    m = np.zeros((2, 10, 10), dtype=np.int64)
+    m[0, 1:6, 1:6] = 1
+    m[1, 4:9, 4:9] = 2
+    pp = points_from_label_maps(m, 2, np.random.default_rng(3))
+    coords, labels = pp.stacked()
+    assert coords.shape == (4, 2, 2) and labels.shape == (4, 2)
+    assert torch.equal(coords[:2], pp.center) and torch.equal(coords[2:], pp.random)
+    assert torch.equal(labels[:2], pp.labels) and torch.equal(labels[2:], pp.labels)
+    both = PointPrompts.cat(pp, pp.to("cpu"))
+    assert len(both) == 4 and both.num_classes == 2
+    assert torch.equal(both.center[2:], pp.center) and torch.equal(both.labels[:2], pp.labels)
+
+
+def test_bad_maps_raise():
+    with pytest.raises(InputError):
+        points_from_label_maps(np.full((1, 4, 4), 5), 2, np.random.default_rng(0))
+    with pytest.raises(InputError):
+        points_from_label_maps(np.zeros((1, 1, 4, 4)), 2, np.random.default_rng(0))
