@@ -1,0 +1,461 @@
+"""Reading, validating, slicing and writing images and label maps (SimpleITK based).
+
+Every problem with an input file raises :class:`CPCSAMLib.errors.InputError` with a message that
+names the file, says what is wrong and what to do about it.
+
+Conventions
+-----------
+- Images are returned as float32 scalar SimpleITK images (2D or 3D) with their geometry.
+- Label images keep their raw values (e.g. 0/255 or 0, 1, 7, 8, 9); :func:`label_to_index`
+  maps them to the engine's class indices ``0..C``.
+- Axes are numbered in SimpleITK's (x, y, z) order; ``sitk.GetArrayFromImage`` gives arrays in
+  [z, y, x] order, so SimpleITK axis ``a`` is numpy axis ``ndim - 1 - a``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: File name endings the engine reads (2D formats first, then 3D formats).
+IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_3D_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+IMAGE_EXTENSIONS = IMAGE_2D_EXTENSIONS + IMAGE_3D_EXTENSIONS + (".tif", ".tiff")
+
+#: Relative tolerance used when comparing the geometry of a label with its image.
+GEOMETRY_TOLERANCE = 1e-3
+
+_COLOUR_COMPONENT_TYPES = (sitk.sitkUInt8, sitk.sitkUInt16)
+_LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's "L" conversion
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+
+def extension(path: PathLike) -> str:
+    """Return the lower-case file extension, including double ones such as ``.nii.gz``."""
+    name = Path(path).name.lower()
+    for double in (".nii.gz", ".nrrd.gz", ".mha.gz"):
+        if name.endswith(double):
+            return double
+    return Path(name).suffix
+
+
+def _read(path: PathLike, what: str) -> sitk.Image:
+    """Read ``path`` with SimpleITK, turning every failure into an InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} file not found: {p}. Check the path (relative paths in a "
+                         f"manifest are resolved against the manifest's folder).")
+    if not p.is_file():
+        raise InputError(f"{what} path is not a file: {p}. Give the path of an image file.")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown error")
+        raise InputError(
+            f"Cannot read {what.lower()} file {p}: the file is damaged or not in a supported "
+            f"format ({first[:200]}). Use PNG/JPG/BMP for 2D or NRRD/NIfTI/MHA for 3D."
+        ) from exc
+    return image
+
+
+def _squeeze_4d(image: sitk.Image, path: Path, what: str) -> sitk.Image:
+    """Drop a trivial 4th dimension (size 1); reject real 4D images."""
+    dim = image.GetDimension()
+    if dim == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise InputError(
+                f"{what} file {path} is 4D (size {size}); only 2D images and 3D volumes are "
+                f"supported. Extract one 3D volume (e.g. one time point) and save it as NRRD/NIfTI."
+            )
+        image = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, 0],
+                             sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    elif dim not in (2, 3):
+        raise InputError(f"{what} file {path} has {dim} dimensions; only 2D images and 3D "
+                         f"volumes are supported.")
+    return image
+
+
+def _colour_to_array(image: sitk.Image, path: Path, what: str, allow_luminance: bool) -> np.ndarray:
+    """Reduce an RGB(A) image to one channel as a numpy array ([z,] y, x)."""
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    component_id = _component_type(image)
+    if ncomp not in (3, 4) or component_id not in _COLOUR_COMPONENT_TYPES:
+        raise InputError(
+            f"{what} file {path} has {ncomp} components per pixel "
+            f"({image.GetPixelIDTypeAsString()}); only scalar images and RGB/RGBA colour images "
+            f"are supported. Save a single-channel (grayscale) image."
+        )
+    arr = sitk.GetArrayViewFromImage(image)[..., :3]
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    if np.array_equal(r, g) and np.array_equal(r, b):
+        return np.array(r)
+    if not allow_luminance:
+        raise InputError(
+            f"{what} file {path} is a colour image whose channels differ; a label map must have "
+            f"one value per pixel. Save the label map as a single-channel (grayscale) image."
+        )
+    return (arr.astype(np.float64) @ _LUMINANCE).astype(np.float32)
+
+
+def _component_type(image: sitk.Image) -> int:
+    """Pixel id of one component of ``image`` (the pixel id itself for scalar images)."""
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        return image.GetPixelID()
+    probe = sitk.VectorIndexSelectionCast(image, 0)
+    return probe.GetPixelID()
+
+
+def _scalar_array(image: sitk.Image, path: Path, what: str, allow_luminance: bool) -> np.ndarray:
+    """Numpy array ([z,] y, x) of a scalar or RGB(A) image, reduced to one channel."""
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return _colour_to_array(image, path, what, allow_luminance)
+    return sitk.GetArrayFromImage(image)
+
+
+def _array_to_image(arr: np.ndarray, like: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(arr, isVector=False)
+    out.SetSpacing(like.GetSpacing())
+    out.SetOrigin(like.GetOrigin())
+    out.SetDirection(like.GetDirection())
+    return out
+
+
+def load_image(path: PathLike) -> sitk.Image:
+    """Read a 2D image (PNG/JPG/BMP) or 3D volume (NRRD/NIfTI/MHA) as a float32 scalar image.
+
+    RGB(A) images become one channel: the first channel when all are equal, else luminance
+    (0.299 R + 0.587 G + 0.114 B; alpha is ignored). Geometry is kept. Raises InputError for a
+    missing/unreadable file, a 4D or non-colour vector image, NaN/Inf voxels, a constant image.
+    """
+    p = Path(path)
+    image = _squeeze_4d(_read(p, "Image"), p, "Image")
+    arr = _scalar_array(image, p, "Image", allow_luminance=True).astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise InputError(f"Image file {p} contains {int(bad.sum())} NaN/Inf voxels. Replace them "
+                         f"with finite values (e.g. 0) before using the image.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo == hi:
+        raise InputError(f"Image file {p} is constant (every voxel is {lo:g}); there is nothing "
+                         f"to segment. Check that the right file was given.")
+    return _array_to_image(arr, image)
+
+
+def _read_label_image(path: PathLike) -> sitk.Image:
+    """Read a label map as a scalar integer image with its raw values (no checks vs an image)."""
+    p = Path(path)
+    image = _squeeze_4d(_read(p, "Label"), p, "Label")
+    arr = _scalar_array(image, p, "Label", allow_luminance=False)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"Label file {p} contains non-integer values (pixel type "
+                             f"{image.GetPixelIDTypeAsString()}). A label map must hold whole "
+                             f"numbers (0 = background); save it with an integer pixel type.")
+        arr = arr.astype(np.int32)
+    if arr.dtype in (np.uint32, np.int64, np.uint64):
+        if arr.size and (arr.max() > np.iinfo(np.int32).max or arr.min() < np.iinfo(np.int32).min):
+            raise InputError(f"Label file {p} has values outside the 32-bit range.")
+        arr = arr.astype(np.int32)
+    return _array_to_image(arr, image)
+
+
+def _is_default_geometry(image: sitk.Image) -> bool:
+    dim = image.GetDimension()
+    return (np.allclose(image.GetSpacing(), 1.0) and np.allclose(image.GetOrigin(), 0.0)
+            and np.allclose(image.GetDirection(), np.eye(dim).ravel()))
+
+
+def _geometry_problem(label: sitk.Image, reference: sitk.Image) -> str | None:
+    """Describe how the geometry of ``label`` differs from ``reference`` (None if it matches)."""
+    tol = GEOMETRY_TOLERANCE
+    sl, sr = np.array(label.GetSpacing()), np.array(reference.GetSpacing())
+    if np.any(np.abs(sl - sr) > tol * np.maximum(np.abs(sl), np.abs(sr))):
+        return f"spacing {tuple(np.round(sl, 6))} != image spacing {tuple(np.round(sr, 6))}"
+    # origin: tolerance relative to the voxel size
+    ol, orr = np.array(label.GetOrigin()), np.array(reference.GetOrigin())
+    if np.any(np.abs(ol - orr) > tol * float(np.mean(sr))):
+        return f"origin {tuple(np.round(ol, 6))} != image origin {tuple(np.round(orr, 6))}"
+    dl, dr = np.array(label.GetDirection()), np.array(reference.GetDirection())
+    if np.any(np.abs(dl - dr) > tol):
+        return f"direction {tuple(np.round(dl, 4))} != image direction {tuple(np.round(dr, 4))}"
+    return None
+
+
+def check_label(label: sitk.Image, path: PathLike, reference: sitk.Image,
+                label_values: Sequence[int]) -> None:
+    """Check size, geometry and values of a label image against its image (raises InputError)."""
+    p = Path(path)
+    if label.GetDimension() != reference.GetDimension() or label.GetSize() != reference.GetSize():
+        raise InputError(
+            f"Label file {p} has size {label.GetSize()} but its image has size "
+            f"{reference.GetSize()}. The label map must have exactly the image's size; check "
+            f"that image and label are paired correctly."
+        )
+    # 2D images from PNG/JPG/BMP carry no real geometry: the size check is enough there.
+    skip = label.GetDimension() == 2 and (_is_default_geometry(label)
+                                          or _is_default_geometry(reference))
+    if not skip:
+        problem = _geometry_problem(label, reference)
+        if problem:
+            raise InputError(
+                f"Label file {p} does not lie on its image's voxel grid: {problem} (tolerance "
+                f"{GEOMETRY_TOLERANCE:g} relative). Resample the label onto the image (e.g. in "
+                f"Slicer: export the segmentation with the image as reference geometry)."
+            )
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    allowed = {0} | {int(v) for v in label_values}
+    unexpected = [int(v) for v in values if int(v) not in allowed]
+    if unexpected:
+        shown = ", ".join(str(v) for v in unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
+        raise InputError(
+            f"Label file {p} contains values not in the class list: {shown}. Allowed values are "
+            f"0 (background) and {sorted(allowed - {0})}. Add these values as classes in the "
+            f"manifest, or fix the label map."
+        )
+
+
+def load_label(path: PathLike, reference: sitk.Image, label_values: Sequence[int]) -> sitk.Image:
+    """Read a label map and check it against ``reference`` (its image) and the class values.
+
+    RGB masks with equal channels are reduced to one channel. Checks: same dimension and size as
+    the reference; same spacing/origin/direction within 1e-3 relative (skipped for 2D images
+    without geometry, e.g. PNG); every value in {0} ∪ ``label_values``. Returns an integer image
+    with the raw values.
+    """
+    label = _read_label_image(path)
+    check_label(label, path, reference, label_values)
+    return label
+
+
+# --------------------------------------------------------------------------------------------
+# values <-> class indices
+# --------------------------------------------------------------------------------------------
+
+
+def _check_values(label_values: Sequence[int]) -> list[int]:
+    values = [int(v) for v in label_values]
+    if len(values) > 255:
+        raise InputError(f"At most 255 classes are supported, got {len(values)}.")
+    if 0 in values or len(set(values)) != len(values):
+        raise InputError(f"Class label values must be unique and non-zero, got {values}.")
+    return values
+
+
+def label_to_index(arr: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Map raw label values to class indices (0 = background, value ``label_values[i]`` -> i+1).
+
+    Raises InputError when ``arr`` holds a value outside {0} ∪ ``label_values``.
+    """
+    values = _check_values(label_values)
+    arr = np.asarray(arr)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    known = arr == 0
+    for index, value in enumerate(values, start=1):
+        hit = arr == value
+        out[hit] = index
+        known |= hit
+    if not known.all():
+        extra = np.unique(arr[~known])[:20].tolist()
+        raise InputError(f"Label map contains values not in the class list {values}: {extra}.")
+    return out
+
+
+def index_to_label(arr: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Map class indices ``0..C`` back to the raw label values (inverse of label_to_index)."""
+    values = _check_values(label_values)
+    arr = np.asarray(arr)
+    lo, hi = min(values + [0]), max(values + [0])
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32):
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+            break
+    lut = np.array([0] + values, dtype=dtype)
+    if arr.size and (arr.min() < 0 or arr.max() > len(values)):
+        raise InputError(f"Class index map holds indices outside 0..{len(values)}.")
+    return lut[arr.astype(np.intp, copy=False)]
+
+
+# --------------------------------------------------------------------------------------------
+# slicing
+# --------------------------------------------------------------------------------------------
+
+
+def default_axis(image: sitk.Image) -> int:
+    """Slicing axis in SimpleITK (x, y, z) order: the axis of largest spacing.
+
+    Ties go to the highest axis (so to z whenever z is among the largest). A 3D volume with
+    exactly one axis of size 1 (a single slice stored as a volume) is sliced along that axis.
+    2D images return 2 (one slice).
+    """
+    if image.GetDimension() == 2:
+        return 2
+    size = image.GetSize()
+    singleton = [a for a in range(3) if size[a] == 1]
+    if len(singleton) == 1:
+        return singleton[0]
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    largest = spacing.max()
+    ties = [a for a in range(3) if spacing[a] >= largest * (1 - 1e-6)]
+    return max(ties)
+
+
+def _check_axis(axis: int | None, image: sitk.Image) -> int:
+    if image.GetDimension() == 2:
+        return 2
+    if axis is None:
+        return default_axis(image)
+    if isinstance(axis, bool) or int(axis) != axis or axis not in (0, 1, 2):
+        raise InputError(f"Slicing axis must be 0, 1, 2 (x, y, z) or None, got {axis!r}.")
+    return int(axis)
+
+
+def to_slices(image: sitk.Image, axis: int | None = None) -> tuple[np.ndarray, int]:
+    """Cut an image into 2D slices perpendicular to ``axis`` (SimpleITK order; None = default).
+
+    Returns ``(slices [S, H, W], axis)`` with the image's pixel type. Slice layout: axis z ->
+    [z, y, x]; axis y -> [y, z, x]; axis x -> [x, z, y]. A 2D image gives S = 1 and axis 2.
+    """
+    axis = _check_axis(axis, image)
+    arr = sitk.GetArrayFromImage(image)
+    if image.GetDimension() == 2:
+        return arr[None], 2
+    return np.ascontiguousarray(np.moveaxis(arr, 2 - axis, 0)), axis
+
+
+def from_slices(slices: np.ndarray, reference: sitk.Image, axis: int) -> sitk.Image:
+    """Inverse of :func:`to_slices`: stack slices into an image with ``reference``'s geometry."""
+    slices = np.asarray(slices)
+    if reference.GetDimension() == 2:
+        arr = slices[0] if slices.ndim == 3 else slices
+        if slices.ndim == 3 and slices.shape[0] != 1:
+            raise InputError(f"A 2D reference takes one slice, got {slices.shape[0]}.")
+    else:
+        axis = _check_axis(axis, reference)
+        arr = np.moveaxis(slices, 0, 2 - axis)
+    expected = tuple(reversed(reference.GetSize()))
+    if arr.shape != expected:
+        raise InputError(f"Slices of shape {slices.shape} do not fit the reference image of "
+                         f"size {reference.GetSize()} along axis {axis}.")
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
+    out.CopyInformation(reference)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# intensity and size
+# --------------------------------------------------------------------------------------------
+
+
+def normalize(arr: np.ndarray, percentiles: tuple[float, float] | None = None) -> np.ndarray:
+    """Min-max scale ``arr`` (as one unit) to [0, 1] as float32.
+
+    With ``percentiles=(lo, hi)`` (e.g. (0.5, 99.5)) values are first clipped to those
+    percentiles. A constant input gives zeros.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    if a.size == 0:
+        return a.copy()
+    if percentiles is not None:
+        p_lo, p_hi = percentiles
+        if not 0 <= p_lo < p_hi <= 100:
+            raise InputError(f"Percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
+        lo, hi = (float(v) for v in np.percentile(a, [p_lo, p_hi]))
+    else:
+        lo, hi = float(a.min()), float(a.max())
+    if not hi > lo:
+        return np.zeros(a.shape, dtype=np.float32)
+    out = (np.clip(a, lo, hi) - lo) / (hi - lo)
+    return out.astype(np.float32, copy=False)
+
+
+def _shape2(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def resize(arr2d: np.ndarray, size: int | Sequence[int], is_label: bool) -> np.ndarray:
+    """Resize a 2D array to ``size`` (int = square, or (H, W)).
+
+    Images: bilinear, anti-aliased when shrinking, float32 out. Labels: nearest neighbour, no
+    anti-aliasing, values and dtype preserved.
+    """
+    from skimage.transform import resize as _sk_resize
+
+    arr2d = np.asarray(arr2d)
+    shape = _shape2(size)
+    if arr2d.shape == shape:
+        return arr2d.copy() if is_label else arr2d.astype(np.float32)
+    if is_label:
+        out = _sk_resize(arr2d, shape, order=0, preserve_range=True, anti_aliasing=False,
+                         mode="edge")
+        return out.astype(arr2d.dtype)
+    out = _sk_resize(arr2d.astype(np.float32, copy=False), shape, order=1, preserve_range=True,
+                     anti_aliasing=bool(shape[0] < arr2d.shape[0] or shape[1] < arr2d.shape[1]),
+                     mode="edge")
+    return out.astype(np.float32, copy=False)
+
+
+def resize_back(arr2d: np.ndarray, shape: Sequence[int], is_label: bool) -> np.ndarray:
+    """Resize a 2D array back to the original slice ``shape`` (H, W); see :func:`resize`."""
+    return resize(arr2d, tuple(shape), is_label)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_image_atomic(image: sitk.Image, path: PathLike) -> None:
+    """Write ``image`` to ``path`` atomically (compressed).
+
+    The image goes to a temporary file in the same folder (``.tmp-XXXX<ext>``), which then
+    replaces ``path`` with ``os.replace``. On failure the temporary file is removed, ``path`` is
+    left as it was, and InputError is raised. The folder is created if needed. ``.mhd``/``.hdr``
+    (header + separate data file) cannot be written atomically: use ``.mha``/``.nii.gz``.
+    """
+    target = Path(path)
+    ext = extension(target)
+    if ext in (".mhd", ".hdr", ".img", ".nhdr"):
+        raise InputError(f"Cannot write {target} atomically: '{ext}' stores the data in a "
+                         f"separate file. Use a single-file format (.nrrd, .nii.gz, .mha).")
+    if not ext:
+        raise InputError(f"Output file {target} has no extension; add one (e.g. .nrrd, .png) so "
+                         f"the writer can be chosen.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=str(target.parent))
+        os.close(fd)
+    except OSError as exc:
+        raise InputError(f"Cannot write {target}: {exc}. Check that the folder exists and is "
+                         f"writable.") from exc
+    try:
+        sitk.WriteImage(image, tmp, True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, (RuntimeError, OSError)):
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+            raise InputError(f"Cannot write {target}: {first[:200]}. Check that the folder is "
+                             f"writable and that the format supports this pixel type "
+                             f"({image.GetPixelIDTypeAsString()}).") from exc
+        raise
