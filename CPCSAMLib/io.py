@@ -52,6 +52,15 @@ def extension(path: PathLike) -> str:
     return Path(name).suffix
 
 
+def _sitk_reason(exc: BaseException) -> str:
+    """The informative line of a SimpleITK exception (its ``sitk::ERROR:`` line if any)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "ERROR:" in ln:
+            return ln.split("ERROR:", 1)[1].strip()[:200]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
 def _read(path: PathLike, what: str) -> sitk.Image:
     """Read ``path`` with SimpleITK, turning every failure into an InputError."""
     p = Path(path)
@@ -63,10 +72,9 @@ def _read(path: PathLike, what: str) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown error")
         raise InputError(
             f"Cannot read {what.lower()} file {p}: the file is damaged or not in a supported "
-            f"format ({first[:200]}). Use PNG/JPG/BMP for 2D or NRRD/NIfTI/MHA for 3D."
+            f"format ({_sitk_reason(exc)}). Use PNG/JPG/BMP for 2D or NRRD/NIfTI/MHA for 3D."
         ) from exc
     return image
 
@@ -454,8 +462,7 @@ def write_image_atomic(image: sitk.Image, path: PathLike) -> None:
         except OSError:
             pass
         if isinstance(exc, (RuntimeError, OSError)):
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-            raise InputError(f"Cannot write {target}: {first[:200]}. Check that the folder is "
+            raise InputError(f"Cannot write {target}: {_sitk_reason(exc)}. Check that the folder is "
                              f"writable and that the format supports this pixel type "
                              f"({image.GetPixelIDTypeAsString()}).") from exc
         raise

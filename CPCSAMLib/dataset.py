@@ -1,0 +1,562 @@
+"""Datasets: manifests, split lists, folder layouts, preprocessed slices, augmentation.
+
+Three ways to describe a training set, all giving a :class:`Manifest`:
+
+1. **Manifest file** (JSON, or YAML when the name ends ``.yml``/``.yaml`` and PyYAML is
+   installed), see ``docs/ENGINE_API.md``::
+
+       {"classes": [{"name": "lesion", "value": 255}],
+        "labeled": [{"image": "images/a.png", "label": "masks/a.png"}],
+        "unlabeled": ["images/b.png"],
+        "validation": [{"image": "images/c.png", "label": "masks/c.png"}],
+        "axis": null}
+
+   Relative paths are resolved against the manifest's folder.
+
+2. **Split lists** (BUSI layout): ``images/`` and ``masks/`` with the same file names and text
+   files of names (``train.txt``, ``labeled_10.txt``, ``val.txt``), see
+   :func:`manifest_from_split_lists`.
+
+3. **Folder convention** (:func:`manifest_from_folder`)::
+
+       root/
+         labeled/images/<name>     images with a label map
+         labeled/labels/<name>     their label maps, same file names
+         unlabeled/<name>          images without labels (optional)
+         validation/images/<name>  held-out images (optional)
+         validation/labels/<name>  their label maps (optional, required with validation/images)
+         classes.json              optional: [{"name": "lesion", "value": 255}, ...]
+                                   or {"classes": [...], "axis": 2}
+
+   Without ``classes.json`` the classes are the non-zero values found in ``labeled/labels``,
+   named ``label_<value>``. Hidden files (starting with ``.``) are ignored.
+
+This module reads files but never writes any, except :func:`save_manifest`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import io
+from .errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassInfo:
+    """One segmentation class: its name and the value it has in the label files."""
+
+    name: str
+    value: int
+
+
+@dataclass
+class Manifest:
+    """A training set: classes, labeled pairs, unlabeled images, validation pairs (absolute paths)."""
+
+    classes: list[ClassInfo]
+    labeled: list[tuple[Path, Path]]
+    unlabeled: list[Path] = field(default_factory=list)
+    validation: list[tuple[Path, Path]] = field(default_factory=list)
+    axis: Optional[int] = None
+    root: Path = field(default_factory=Path.cwd)
+
+    @property
+    def label_values(self) -> list[int]:
+        """The label value of each class, in class-index order (index i+1 <-> values[i])."""
+        return [c.value for c in self.classes]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+
+_MANIFEST_KEYS = {"classes", "labeled", "unlabeled", "validation", "axis"}
+
+
+def _parse_classes(raw: Any, source: str) -> list[ClassInfo]:
+    if not isinstance(raw, list) or not raw:
+        raise InputError(f"{source}: 'classes' must be a non-empty list like "
+                         f'[{{"name": "lesion", "value": 255}}].')
+    classes = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != {"name", "value"}:
+            raise InputError(f"{source}: classes[{i}] must be an object with exactly the keys "
+                             f'"name" and "value", got {item!r}.')
+        name, value = item["name"], item["value"]
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{source}: classes[{i}].name must be a non-empty string.")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: classes[{i}].value must be an integer label value, "
+                             f"got {value!r}.")
+        classes.append(ClassInfo(name.strip(), int(value)))
+    validate_classes(classes, source)
+    return classes
+
+
+def validate_classes(classes: Sequence[ClassInfo], source: str = "class list") -> None:
+    """Check class values are unique, non-zero, 32-bit, and names unique (raises InputError)."""
+    if not classes:
+        raise InputError(f"{source}: at least one class is needed.")
+    values = [c.value for c in classes]
+    names = [c.name for c in classes]
+    if 0 in values:
+        raise InputError(f"{source}: class value 0 is reserved for background; use non-zero "
+                         f"label values.")
+    if len(set(values)) != len(values):
+        raise InputError(f"{source}: class values must be unique, got {values}.")
+    if len(set(names)) != len(names):
+        raise InputError(f"{source}: class names must be unique, got {names}.")
+    if any(abs(v) > 2**31 - 1 for v in values):
+        raise InputError(f"{source}: class values must fit in 32 bits, got {values}.")
+    if len(values) > 255:
+        raise InputError(f"{source}: at most 255 classes are supported.")
+
+
+def _resolve(root: Path, p: Any, source: str, where: str) -> Path:
+    if not isinstance(p, str) or not p:
+        raise InputError(f"{source}: {where} must be a file path string, got {p!r}.")
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else root / q
+
+
+def _parse_pairs(raw: Any, root: Path, source: str, key: str) -> list[tuple[Path, Path]]:
+    if not isinstance(raw, list):
+        raise InputError(f"{source}: '{key}' must be a list of "
+                         f'{{"image": ..., "label": ...}} objects.')
+    pairs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != {"image", "label"}:
+            raise InputError(f"{source}: {key}[{i}] must be an object with exactly the keys "
+                             f'"image" and "label", got {item!r}.')
+        pairs.append((_resolve(root, item["image"], source, f"{key}[{i}].image"),
+                      _resolve(root, item["label"], source, f"{key}[{i}].label")))
+    return pairs
+
+
+def _check_files_exist(manifest: Manifest, source: str) -> None:
+    files = [p for pair in manifest.labeled for p in pair] + list(manifest.unlabeled)
+    files += [p for pair in manifest.validation for p in pair]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        shown = "\n  ".join(str(p) for p in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InputError(f"{source}: {len(missing)} file(s) not found:\n  {shown}{more}\n"
+                         f"Relative paths are resolved against {manifest.root}; fix the paths "
+                         f"or the files.")
+
+
+def _check_manifest(manifest: Manifest, source: str) -> None:
+    validate_classes(manifest.classes, source)
+    if not manifest.labeled:
+        raise InputError(f"{source}: at least one labeled image/label pair is needed.")
+    if manifest.axis is not None and (isinstance(manifest.axis, bool)
+                                      or manifest.axis not in (0, 1, 2)):
+        raise InputError(f"{source}: 'axis' must be 0, 1, 2 (x, y, z) or null, "
+                         f"got {manifest.axis!r}.")
+    labeled_images = {p.resolve() for p, _ in manifest.labeled}
+    both = [p for p in manifest.unlabeled if p.resolve() in labeled_images]
+    if both:
+        raise InputError(f"{source}: {len(both)} image(s) are listed as both labeled and "
+                         f"unlabeled, e.g. {both[0]}. List each image once.")
+    _check_files_exist(manifest, source)
+
+
+def load_manifest(path: PathLike) -> Manifest:
+    """Read and validate a manifest (JSON; YAML for ``.yml``/``.yaml`` when PyYAML is installed).
+
+    Checks: known keys only, at least one labeled pair, class values unique and non-zero, every
+    listed file exists (the error names the missing files and the manifest).
+    """
+    path = Path(path).expanduser()
+    source = f"Manifest {path}"
+    if not path.is_file():
+        raise InputError(f"Manifest file not found: {path}.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read manifest {path}: {exc}.") from exc
+    if path.suffix.lower() in (".yml", ".yaml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise InputError(f"{source} is YAML but PyYAML is not installed: install pyyaml or "
+                             f"write the manifest as JSON.") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(f"{source} is not valid YAML: {exc}") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                             f"column {exc.colno}.") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{source} must hold an object with 'classes' and 'labeled'.")
+    unknown = sorted(set(data) - _MANIFEST_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) {unknown}; allowed keys are "
+                         f"{sorted(_MANIFEST_KEYS)}.")
+    for key in ("classes", "labeled"):
+        if key not in data:
+            raise InputError(f"{source}: the key '{key}' is missing.")
+    root = path.parent.resolve()
+    unlabeled_raw = data.get("unlabeled") or []
+    if not isinstance(unlabeled_raw, list):
+        raise InputError(f"{source}: 'unlabeled' must be a list of image paths.")
+    manifest = Manifest(
+        classes=_parse_classes(data["classes"], source),
+        labeled=_parse_pairs(data["labeled"], root, source, "labeled"),
+        unlabeled=[_resolve(root, p, source, f"unlabeled[{i}]")
+                   for i, p in enumerate(unlabeled_raw)],
+        validation=_parse_pairs(data.get("validation") or [], root, source, "validation"),
+        axis=data.get("axis"),
+        root=root,
+    )
+    _check_manifest(manifest, source)
+    return manifest
+
+
+def _rel(p: Path, folder: Path) -> str:
+    try:
+        return Path(os.path.relpath(Path(p).resolve(), folder)).as_posix()
+    except ValueError:  # other drive on Windows
+        return Path(p).resolve().as_posix()
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def manifest_to_dict(manifest: Manifest, folder: PathLike) -> dict:
+    """The manifest as a JSON-ready dict, paths relative to ``folder`` where they lie below it.
+
+    Paths outside ``folder`` are written relative too (with ``..``) when on the same drive.
+    """
+    folder = Path(folder).resolve()
+    return {
+        "classes": [{"name": c.name, "value": int(c.value)} for c in manifest.classes],
+        "labeled": [{"image": _rel(i, folder), "label": _rel(l, folder)}
+                    for i, l in manifest.labeled],
+        "unlabeled": [_rel(p, folder) for p in manifest.unlabeled],
+        "validation": [{"image": _rel(i, folder), "label": _rel(l, folder)}
+                       for i, l in manifest.validation],
+        "axis": manifest.axis,
+    }
+
+
+def save_manifest(manifest: Manifest, path: PathLike) -> None:
+    """Write ``manifest`` as JSON (atomically), paths relative to the manifest's folder."""
+    path = Path(path).expanduser()
+    data = manifest_to_dict(manifest, path.parent if str(path.parent) else Path.cwd())
+    _write_text_atomic(json.dumps(data, indent=2) + "\n", path)
+
+
+def _read_list(root: Path, lst: PathLike | Sequence[str]) -> tuple[list[str], str]:
+    """Names from a split list: a text file (path, relative to root) or a list of names."""
+    if isinstance(lst, (str, os.PathLike)):
+        p = Path(lst).expanduser()
+        p = p if p.is_absolute() else root / p
+        if not p.is_file():
+            raise InputError(f"Split list not found: {p}.")
+        names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n and not n.startswith("#")]
+        return names, str(p)
+    return [str(n) for n in lst], "given list"
+
+
+def manifest_from_split_lists(root: PathLike, train_list: PathLike | Sequence[str],
+                              labeled_list: PathLike | Sequence[str],
+                              val_list: PathLike | Sequence[str] | None = None,
+                              classes: Sequence[ClassInfo] | None = None,
+                              image_dir: str = "images", mask_dir: str = "masks") -> Manifest:
+    """Manifest from a BUSI-style layout: ``root/images``, ``root/masks`` and name lists.
+
+    Lists are text files (one file name per line; paths relative to ``root``) or lists of
+    names. Labeled = names in ``labeled_list`` (must be part of the train list); unlabeled =
+    train minus labeled, in list order; validation = ``val_list``. Default classes:
+    ``[ClassInfo("lesion", 255)]`` (0/255 masks).
+    """
+    root = Path(root).expanduser().resolve()
+    source = f"Split lists in {root}"
+    train, train_src = _read_list(root, train_list)
+    labeled, labeled_src = _read_list(root, labeled_list)
+    val = _read_list(root, val_list)[0] if val_list is not None else []
+    not_in_train = [n for n in labeled if n not in set(train)]
+    if not_in_train:
+        raise InputError(f"{source}: {len(not_in_train)} labeled name(s) from {labeled_src} are "
+                         f"not in the train list {train_src}, e.g. {not_in_train[0]}.")
+    labeled_set = set(labeled)
+    images, masks = root / image_dir, root / mask_dir
+    manifest = Manifest(
+        classes=list(classes) if classes is not None else [ClassInfo("lesion", 255)],
+        labeled=[(images / n, masks / n) for n in labeled],
+        unlabeled=[images / n for n in train if n not in labeled_set],
+        validation=[(images / n, masks / n) for n in val],
+        axis=None,
+        root=root,
+    )
+    _check_manifest(manifest, source)
+    return manifest
+
+
+def _list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".")
+                  and io.extension(p) in io.IMAGE_EXTENSIONS)
+
+
+def _pairs_from_folders(images_dir: Path, labels_dir: Path, source: str) -> list[tuple[Path, Path]]:
+    images = _list_images(images_dir)
+    labels = {p.name: p for p in _list_images(labels_dir)}
+    missing = [p.name for p in images if p.name not in labels]
+    if missing:
+        raise InputError(f"{source}: {len(missing)} image(s) in {images_dir} have no label "
+                         f"with the same file name in {labels_dir}, e.g. {missing[0]}.")
+    extra = sorted(set(labels) - {p.name for p in images})
+    if extra:
+        raise InputError(f"{source}: {len(extra)} label(s) in {labels_dir} have no image in "
+                         f"{images_dir}, e.g. {extra[0]}.")
+    return [(p, labels[p.name]) for p in images]
+
+
+def manifest_from_folder(root: PathLike) -> Manifest:
+    """Manifest from the folder convention described in the module docstring."""
+    root = Path(root).expanduser().resolve()
+    source = f"Dataset folder {root}"
+    if not root.is_dir():
+        raise InputError(f"Dataset folder not found: {root}.")
+    labeled = _pairs_from_folders(root / "labeled" / "images", root / "labeled" / "labels", source)
+    if not labeled:
+        raise InputError(f"{source}: no labeled images found; put images in labeled/images and "
+                         f"their label maps (same file names) in labeled/labels.")
+    validation = []
+    if (root / "validation" / "images").is_dir():
+        validation = _pairs_from_folders(root / "validation" / "images",
+                                         root / "validation" / "labels", source)
+    unlabeled = _list_images(root / "unlabeled")
+    axis = None
+    classes_file = root / "classes.json"
+    if classes_file.is_file():
+        try:
+            data = json.loads(classes_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"Cannot read {classes_file}: {exc}.") from exc
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - {"classes", "axis"})
+            if unknown:
+                raise InputError(f"{classes_file}: unknown key(s) {unknown}; allowed: "
+                                 f"'classes', 'axis'.")
+            axis = data.get("axis")
+            data = data.get("classes")
+        classes = _parse_classes(data, str(classes_file))
+    else:
+        values: set[int] = set()
+        for _, lab in labeled:
+            arr = sitk.GetArrayViewFromImage(io._read_label_image(lab))
+            values.update(int(v) for v in np.unique(arr) if v != 0)
+        if not values:
+            raise InputError(f"{source}: the label maps in labeled/labels contain no foreground "
+                             f"(non-zero) value.")
+        classes = [ClassInfo(f"label_{v}", v) for v in sorted(values)]
+    manifest = Manifest(classes=classes, labeled=labeled, unlabeled=unlabeled,
+                        validation=validation, axis=axis, root=root)
+    _check_manifest(manifest, source)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessed slices
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SliceSet:
+    """Preprocessed 2D slices held in memory.
+
+    ``images`` float32 [N, S, S] in [0, 1]; ``labels`` uint8 [N, S, S] class indices or None;
+    ``source[i]`` = (image file, slice index along the slicing axis) of slice i.
+    """
+
+    images: np.ndarray
+    labels: Optional[np.ndarray]
+    source: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def build_slices(pairs_or_images: Sequence[Union[tuple[PathLike, PathLike], PathLike]],
+                 classes: Sequence[ClassInfo], size: int, axis: int | None,
+                 percentiles: tuple[float, float] | None = None,
+                 skip_empty: bool = False) -> SliceSet:
+    """Load, validate, slice, normalise and resize images (and labels) into a :class:`SliceSet`.
+
+    ``pairs_or_images``: (image, label) pairs (labeled set) or image paths (unlabeled set).
+    Each file is read with :func:`io.load_image` / :func:`io.load_label`, cut along ``axis``
+    (None = each volume's :func:`io.default_axis`), min-max normalised **per image / per
+    volume** (whole volume at once, optional percentile clipping), then every slice is resized
+    to ``size`` x ``size`` (bilinear for images, nearest for labels; non-square slices are
+    stretched). ``skip_empty`` drops labeled slices without foreground (image-only sets: constant
+    slices). A labeled set without any foreground voxel raises InputError naming the files.
+    Writes nothing.
+    """
+    items = list(pairs_or_images)
+    labeled = bool(items) and isinstance(items[0], (tuple, list))
+    if any(isinstance(it, (tuple, list)) != labeled for it in items):
+        raise InputError("build_slices needs either only (image, label) pairs or only image "
+                         "paths, not a mix.")
+    values = [c.value for c in classes]
+    size = int(size)
+    if size < 8:
+        raise InputError(f"Slice size must be at least 8 pixels, got {size}.")
+    images_out: list[np.ndarray] = []
+    labels_out: list[np.ndarray] = []
+    source: list[tuple[str, int]] = []
+    any_foreground = False
+    for item in items:
+        image_path, label_path = (item[0], item[1]) if labeled else (item, None)
+        image = io.load_image(image_path)
+        img_slices, used_axis = io.to_slices(image, axis)
+        img_slices = io.normalize(img_slices, percentiles)
+        lab_slices = None
+        if labeled:
+            label = io.load_label(label_path, image, values)
+            raw, _ = io.to_slices(label, used_axis)
+            lab_slices = io.label_to_index(raw, values)
+            any_foreground = any_foreground or bool(lab_slices.any())
+        for k in range(img_slices.shape[0]):
+            if skip_empty:
+                if lab_slices is not None and not lab_slices[k].any():
+                    continue
+                if lab_slices is None and img_slices[k].min() == img_slices[k].max():
+                    continue
+            images_out.append(io.resize(img_slices[k], size, is_label=False))
+            if lab_slices is not None:
+                labels_out.append(io.resize(lab_slices[k], size, is_label=True))
+            source.append((str(image_path), k))
+    if labeled and not any_foreground:
+        names = ", ".join(str(it[1]) for it in items[:5]) + (" ..." if len(items) > 5 else "")
+        raise InputError(f"The labeled set contains no foreground voxel: every label map is "
+                         f"empty or background only ({names}). Check the label files and the "
+                         f"class values {values}.")
+    images_arr = (np.stack(images_out).astype(np.float32, copy=False) if images_out
+                  else np.zeros((0, size, size), np.float32))
+    labels_arr = None
+    if labeled:
+        labels_arr = (np.stack(labels_out).astype(np.uint8, copy=False) if labels_out
+                      else np.zeros((0, size, size), np.uint8))
+    return SliceSet(images=images_arr, labels=labels_arr, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# augmentation and torch datasets
+# --------------------------------------------------------------------------------------------
+
+
+def augment(image: np.ndarray, label: np.ndarray | None,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Paper augmentation, applied jointly: rotation by U(-20, 20) degrees, then horizontal and
+    vertical flips, each with p = 0.5.
+
+    Rotation: ``scipy.ndimage.rotate`` (reshape=False, constant 0 outside), bilinear for the
+    image, nearest for the label. The same random draws are made whether or not ``label`` is
+    given.
+    """
+    from scipy import ndimage
+
+    angle = float(rng.uniform(-20.0, 20.0))
+    flip_h = bool(rng.random() < 0.5)
+    flip_v = bool(rng.random() < 0.5)
+    img = ndimage.rotate(image, angle, reshape=False, order=1, mode="constant", cval=0.0)
+    lab = None
+    if label is not None:
+        lab = ndimage.rotate(label, angle, reshape=False, order=0, mode="constant", cval=0)
+    if flip_h:
+        img = img[:, ::-1]
+        lab = lab[:, ::-1] if lab is not None else None
+    if flip_v:
+        img = img[::-1, :]
+        lab = lab[::-1, :] if lab is not None else None
+    img = np.ascontiguousarray(img, dtype=image.dtype)
+    if lab is not None:
+        lab = np.ascontiguousarray(lab, dtype=label.dtype)
+    return img, lab
+
+
+try:  # torch is only needed for TrainSlices; manifests work without it (e.g. in Slicer)
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError:  # pragma: no cover
+    _TorchDataset = object  # type: ignore[misc,assignment]
+
+
+class TrainSlices(_TorchDataset):  # type: ignore[misc,valid-type]
+    """Torch ``Dataset`` over a :class:`SliceSet`.
+
+    Items: ``{"image": FloatTensor [1, S, S], "label": LongTensor [S, S] (if labels exist),
+    "index": int}``. With ``augment=True`` every item goes through :func:`augment` using a numpy
+    Generator seeded from ``torch.initial_seed()`` of the current process/worker (so runs are
+    reproducible under ``torch.manual_seed`` and DataLoader workers differ).
+    """
+
+    def __init__(self, slices: SliceSet, augment: bool = False) -> None:
+        self.slices = slices
+        self.augment = augment
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def _generator(self) -> np.random.Generator:
+        import torch
+
+        key = (os.getpid(), int(torch.initial_seed()))
+        if self._rng is None or self._rng_key != key:
+            self._rng = np.random.default_rng(key[1])
+            self._rng_key = key
+        return self._rng
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        image = self.slices.images[index]
+        label = self.slices.labels[index] if self.slices.labels is not None else None
+        if self.augment:
+            image, label = augment(image, label, self._generator())
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image, np.float32)[None]),
+                "index": int(index)}
+        if label is not None:
+            item["label"] = torch.from_numpy(label.astype(np.int64))
+        return item
