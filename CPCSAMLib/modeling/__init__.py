@@ -1,0 +1,1 @@
+"""Network modules: LoRA, backbones, class prompt encoder, class mask decoder, dual-branch SAM."""

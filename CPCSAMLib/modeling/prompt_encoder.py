@@ -1,0 +1,59 @@
+"""Prompt encoder with one point embedding per class (CPC-SAM's multi-class point prompts)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+
+class ClassPromptEncoder(nn.Module):
+    """Encodes point prompts whose label is a class index.
+
+    Label ``c`` in ``1..C`` adds the embedding of class ``c``; label ``0`` the background (negative
+    point) embedding; label ``-1`` marks a padding point (SAM's "not a point" embedding, no position).
+    Class embeddings start from SAM's positive-point embedding, background from its negative one.
+    Without points the sparse embedding is empty and the dense one is SAM's no-mask embedding
+    (the "default prompt" the paper fine-tunes for automatic segmentation).
+    """
+
+    def __init__(self, sam_prompt_encoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dim = sam_prompt_encoder.embed_dim
+        self.input_image_size: Tuple[int, int] = tuple(sam_prompt_encoder.input_image_size)
+        self.image_embedding_size: Tuple[int, int] = tuple(sam_prompt_encoder.image_embedding_size)
+        self.pe_layer = sam_prompt_encoder.pe_layer
+        self.no_mask_embed = sam_prompt_encoder.no_mask_embed
+        self.not_a_point_embed = sam_prompt_encoder.not_a_point_embed
+        self.point_embeddings = nn.Embedding(num_classes + 1, self.embed_dim)
+        with torch.no_grad():
+            self.point_embeddings.weight[0] = sam_prompt_encoder.point_embeddings[0].weight[0]
+            self.point_embeddings.weight[1:] = sam_prompt_encoder.point_embeddings[1].weight[0]
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """Positional encoding of the embedding grid, ``[1, D, h, w]``."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``coords [B, N, 2]`` (x, y) in input pixels, ``labels [B, N]`` -> ``[B, N, D]``."""
+        pe = self.pe_layer.forward_with_coords(coords.float() + 0.5, self.input_image_size)
+        pad = (labels < 0).unsqueeze(-1)
+        cls = self.point_embeddings(labels.clamp(min=0))
+        return torch.where(pad, self.not_a_point_embed.weight.expand_as(pe), pe + cls)
+
+    def forward(
+        self, batch_size: int, coords: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(sparse [B, N, D], dense [B, D, h, w])``; ``N = 0`` without points."""
+        device = self.no_mask_embed.weight.device
+        if coords is None:
+            sparse = torch.empty((batch_size, 0, self.embed_dim), device=device)
+        else:
+            if coords.shape[0] != batch_size or labels is None or labels.shape != coords.shape[:2]:
+                raise ValueError(f"prompt shapes {tuple(coords.shape)} / {None if labels is None else tuple(labels.shape)}"
+                                 f" do not match batch size {batch_size}")
+            sparse = self.embed_points(coords.to(device), labels.to(device))
+        h, w = self.image_embedding_size
+        dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, h, w)
+        return sparse, dense
