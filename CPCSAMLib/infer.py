@@ -1,0 +1,137 @@
+"""Inference with a trained CPC-SAM checkpoint.
+
+Unprompted: mean softmax of both decoders, argmax, slice-wise over a volume in batches, resized
+back to the source grid, written with the source geometry and the class label values.
+Point-prompted: one slice with user clicks (used by the Segment Editor effect).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import io
+from .checkpoint import check_compatible, load_checkpoint
+from .errors import CheckpointError, InputError
+
+
+class Predictor:
+    """A loaded model. Build with :meth:`from_checkpoint`."""
+
+    def __init__(self, model, card: dict, device: torch.device) -> None:
+        self.model = model.eval()
+        self.card = card
+        self.device = device
+        self.classes: List[dict] = card["classes"]
+        self.label_values = [int(c["value"]) for c in self.classes]
+        self.input_size = int(card["input_size"])
+        self.percentiles = tuple(card["percentiles"]) if card.get("percentiles") else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", backbone_checkpoint: Optional[str] = None,
+                        expected_backbone: Optional[str] = None, expected_classes: Optional[Sequence[str]] = None
+                        ) -> "Predictor":
+        """Loads ``path`` (weights only, no code execution). SAM backbones need their original
+        checkpoint file: the one recorded at training time, or ``backbone_checkpoint``."""
+        from .modeling.backbones import build_backbone
+        from .modeling.dual_sam import DualBranchSAM
+        from .train import select_device
+
+        payload = load_checkpoint(path)
+        card = payload["model_card"]
+        check_compatible(card, path, backbone=expected_backbone,
+                         class_names=list(expected_classes) if expected_classes is not None else None)
+        bb_file = backbone_checkpoint or card.get("backbone_checkpoint")
+        backbone = build_backbone(card["backbone"], bb_file if card["backbone"] != "litemedsam" else backbone_checkpoint)
+        model = DualBranchSAM(backbone, int(card["num_classes"]), int(card["lora_rank"]))
+        state = payload["state_dict"]
+        expected = set(model.trainable_state_dict())
+        missing = expected - set(state)
+        unexpected = set(state) - set(model.state_dict())
+        if missing or unexpected:
+            raise CheckpointError(f"{path} does not match a {card['backbone']} model with {card['num_classes']} "
+                                  f"classes and LoRA rank {card['lora_rank']} "
+                                  f"({len(missing)} tensors missing, {len(unexpected)} unexpected)")
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: tensor shapes do not match the model ({str(exc)[:200]})") from exc
+        dev = select_device(device)
+        return cls(model.to(dev), card, dev)
+
+    # ---- unprompted -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_slices(self, slices: np.ndarray, batch_size: int = 8,
+                       progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """``[S, H, W]`` float slices (already normalised to [0, 1]) -> class indices ``[S, H, W]`` uint8."""
+        out = np.zeros(slices.shape, np.uint8)
+        n = slices.shape[0]
+        for s in range(0, n, batch_size):
+            chunk = slices[s:s + batch_size]
+            x = np.stack([io.resize(sl, self.input_size, is_label=False) for sl in chunk])
+            probs = self.model.predict_probs(torch.from_numpy(x[:, None].astype(np.float32)).to(self.device))
+            # resize probabilities (not labels) back to the source grid, then argmax
+            probs = torch.nn.functional.interpolate(probs, size=chunk.shape[1:], mode="bilinear", align_corners=False)
+            out[s:s + len(chunk)] = probs.argmax(1).cpu().numpy().astype(np.uint8)
+            if progress:
+                progress(min(n, s + batch_size), n)
+        return out
+
+    def predict_image(self, image: sitk.Image, axis: Optional[int] = None, batch_size: int = 8,
+                      progress: Optional[Callable[[int, int], None]] = None) -> sitk.Image:
+        """A SimpleITK image (2D or 3D) -> label image with the class values and the source geometry."""
+        if axis is None:
+            axis = self.card.get("axis")
+        slices, used = io.to_slices(image, axis)
+        slices = io.normalize(slices, self.percentiles)
+        idx = self.predict_slices(slices, batch_size, progress)
+        labels = io.index_to_label(idx, self.label_values)
+        dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
+        return io.from_slices(labels.astype(dtype), image, used)
+
+    def predict_file(self, image_path: str | Path, output_path: str | Path, axis: Optional[int] = None,
+                     overwrite: bool = False) -> Path:
+        """Reads, predicts and writes atomically. Refuses to replace an existing file unless ``overwrite``."""
+        output_path = Path(output_path)
+        if output_path.exists() and not overwrite:
+            raise InputError(f"{output_path} exists; choose another output or pass --overwrite")
+        image = io.load_image(image_path)
+        label = self.predict_image(image, axis)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_image_atomic(label, output_path)
+        return output_path
+
+    # ---- point prompted -------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_slice_with_points(self, slice2d: np.ndarray, points: Sequence[Tuple[float, float, int]],
+                                  branch: Optional[int] = None) -> np.ndarray:
+        """One slice and clicks ``(x, y, class_index)`` in its pixel grid -> class indices ``[H, W]``.
+
+        ``class_index`` 1..C is a foreground point of that class, 0 a background point. The two
+        decoders' prompted outputs are averaged (or one decoder with ``branch``).
+        """
+        arr = np.asarray(slice2d, dtype=np.float32)
+        if arr.ndim != 2:
+            raise InputError(f"predict_slice_with_points needs one 2D slice, got shape {arr.shape}")
+        if not points:
+            raise InputError("at least one point is needed")
+        h, w = arr.shape
+        n = self.model.num_classes
+        for x, y, c in points:
+            if not (0 <= c <= n):
+                raise InputError(f"point class {c} is not in 0..{n}")
+            if not (0 <= x < w and 0 <= y < h):
+                raise InputError(f"point ({x}, {y}) lies outside the {w}x{h} slice")
+        norm = io.normalize(arr)
+        x_in = io.resize(norm, self.input_size, is_label=False)
+        sx, sy = self.input_size / w, self.input_size / h
+        coords = torch.tensor([[[x * sx, y * sy] for x, y, _ in points]], dtype=torch.float32, device=self.device)
+        labels = torch.tensor([[int(c) for _, _, c in points]], dtype=torch.long, device=self.device)
+        emb = self.model.encode(torch.from_numpy(x_in[None, None]).to(self.device))
+        branches = (branch,) if branch else (1, 2)
+        probs = sum(self.model.decode(b, emb, coords, labels).softmax(1) for b in branches) / len(branches)
+        probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)

@@ -1,0 +1,115 @@
+"""One CPC-SAM training step as a module (so PyTorch DDP can wrap it).
+
+The image encoder runs **once** per image per step; both decoders and every prompted pass reuse
+that embedding. Passes whose output only serves as a detached target (the centre-prompted passes
+on unlabeled images) run without gradients.
+
+Methods (``method``):
+- ``cpcsam``: L_s + lambda1 L_cross + lambda2 L_c (paper, eqs. 1-3);
+- ``cross_prompting``: cross prompting with the centre point only, no prompt consistency (ablation);
+- ``cps``: each decoder's unprompted output supervises the other (cross pseudo supervision, ablation);
+- ``supervised``: L_s on labeled images only (labeled-only fine-tuning baseline).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import losses
+from .modeling.dual_sam import DualBranchSAM
+from .prompts import points_from_label_maps
+
+METHODS = ("cpcsam", "cross_prompting", "cps", "supervised")
+
+
+class CPCObjective(nn.Module):
+    """Computes the losses of one step from a labeled and an unlabeled batch."""
+
+    def __init__(self, model: DualBranchSAM, method: str = "cpcsam", lambda_cross: float = 0.4,
+                 lambda_consistency: float = 0.05) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.model = model
+        self.method = method
+        self.lambda_cross = lambda_cross
+        self.lambda_consistency = lambda_consistency
+
+    def supervised_loss(self, emb_l: torch.Tensor, p1_l: torch.Tensor, p2_l: torch.Tensor, yl: torch.Tensor,
+                        rng: np.random.Generator) -> torch.Tensor:
+        """Eq. 3: unprompted (0.8 Dice + 0.2 CE) and GT-prompted centre/random (0.5/0.5) for both decoders."""
+        m = self.model
+        loss = losses.supervised_unprompted(p1_l, yl) + losses.supervised_unprompted(p2_l, yl)
+        gt = points_from_label_maps(yl, m.num_classes, rng).to(emb_l.device)
+        coords, labels = gt.stacked()  # [2B]: centre points then random points
+        emb2 = torch.cat([emb_l, emb_l])
+        y2 = torch.cat([yl, yl])
+        for branch in (1, 2):
+            out = m.decode(branch, emb2, coords, labels)
+            b = yl.shape[0]
+            loss = loss + losses.supervised_prompted(out[:b], yl) + losses.supervised_prompted(out[b:], y2[b:])
+        return loss
+
+    def forward(self, xl: torch.Tensor, yl: torch.Tensor, xu: Optional[torch.Tensor], rng: np.random.Generator,
+                supervised_only: bool = False) -> Dict[str, torch.Tensor]:
+        m = self.model
+        use_unlabeled = xu is not None and xu.shape[0] > 0 and not supervised_only and self.method != "supervised"
+        bl = xl.shape[0]
+        x = torch.cat([xl, xu]) if use_unlabeled else xl
+        emb = m.encode(x)  # the only encoder pass of the step
+        p1 = m.decode(1, emb)
+        p2 = m.decode(2, emb)
+        loss_s = self.supervised_loss(emb[:bl], p1[:bl], p2[:bl], yl, rng)
+        zero = loss_s.new_zeros(())
+        loss_cross, loss_c = zero, zero
+        if use_unlabeled:
+            emb_u, p1_u, p2_u = emb[bl:], p1[bl:], p2[bl:]
+            if self.method == "cps":
+                t1 = losses.pseudo_label(losses.probs(p2_u))  # D2's output supervises D1
+                t2 = losses.pseudo_label(losses.probs(p1_u))
+                loss_cross = losses.cross_prompting_loss(p1_u, p2_u, t1, t2)
+            else:
+                with torch.no_grad():
+                    pts_from1 = points_from_label_maps(p1_u.argmax(1), m.num_classes, rng).to(emb.device)
+                    pts_from2 = points_from_label_maps(p2_u.argmax(1), m.num_classes, rng).to(emb.device)
+                # D1 is prompted from D2's prediction, D2 from D1's
+                with torch.no_grad():
+                    c1 = m.decode(1, emb_u, pts_from2.center, pts_from2.labels)
+                    c2 = m.decode(2, emb_u, pts_from1.center, pts_from1.labels)
+                if self.method == "cross_prompting":
+                    ens1 = losses.pseudo_label(losses.probs(c1))
+                    ens2 = losses.pseudo_label(losses.probs(c2))
+                else:
+                    r1 = m.decode(1, emb_u, pts_from2.random, pts_from2.labels)
+                    r2 = m.decode(2, emb_u, pts_from1.random, pts_from1.labels)
+                    ens1 = losses.pseudo_label(losses.probs(c1), losses.probs(r1.detach()))
+                    ens2 = losses.pseudo_label(losses.probs(c2), losses.probs(r2.detach()))
+                    loss_c = losses.prompt_consistency_loss(r1, r2, ens1, ens2)
+                # eq. 1: D2's prompted ensemble supervises D1's unprompted output, and vice versa
+                loss_cross = losses.cross_prompting_loss(p1_u, p2_u, ens2, ens1)
+        total = loss_s + self.lambda_cross * loss_cross + self.lambda_consistency * loss_c
+        return {"loss": total, "loss_s": loss_s.detach(), "loss_cross": loss_cross.detach(), "loss_c": loss_c.detach()}
+
+    def sequential_rounds(self, xl: torch.Tensor, yl: torch.Tensor, xu: torch.Tensor, rng: np.random.Generator):
+        """The official code's structure: three rounds, each with its own encoder pass.
+
+        Yields one loss per round; the caller runs backward and an optimiser step after each.
+        Round 1: L_s on the labeled batch. Round 2: D2 prompted from D1 supervises D1 (+ D2's
+        consistency). Round 3: the symmetric round for D2.
+        """
+        m = self.model
+        emb = m.encode(xl)
+        yield self.supervised_loss(emb, m.decode(1, emb), m.decode(2, emb), yl, rng)
+        for src, dst in ((1, 2), (2, 1)):
+            emb = m.encode(xu)
+            p_src = m.decode(src, emb)
+            with torch.no_grad():
+                pts = points_from_label_maps(p_src.argmax(1), m.num_classes, rng).to(emb.device)
+                c = m.decode(dst, emb, pts.center, pts.labels)
+            r = m.decode(dst, emb, pts.random, pts.labels)
+            ens = losses.pseudo_label(losses.probs(c), losses.probs(r.detach()))
+            yield (self.lambda_cross * 0.5 * losses.dice_ce(p_src, ens)
+                   + self.lambda_consistency * 0.5 * losses.dice_ce(r, ens))
