@@ -75,6 +75,8 @@ def apply_lora(encoder: nn.Module, rank: int, kind: str) -> List[LoRAQKV]:
     inserted: List[LoRAQKV] = []
     for module in list(encoder.modules()):
         qkv = getattr(module, "qkv", None)
+        if isinstance(module, LoRAQKV) or isinstance(qkv, LoRAQKV):
+            raise ValueError("this encoder already carries LoRA layers: build a new backbone for each model")
         if not isinstance(qkv, nn.Linear):
             continue
         if kind == "sam_vit":
