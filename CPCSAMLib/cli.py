@@ -34,7 +34,7 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--batch-size", type=int, default=4 if demo else 6, help="half labeled, half unlabeled")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--warmup-iters", type=int, default=None,
+    g.add_argument("--warmup-iters", type=int, default=10 if demo else None,
                    help="linear warm-up (default: iterations/2, at most 5000, as the paper's 5000 of 10000; "
                         "official code: 250)")
     g.add_argument("--lr-decay", choices=["exp", "poly"], default="exp", help="exp (paper) or poly-0.9 (code)")
@@ -193,11 +193,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"cpcsam: cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
     except CPCSAMError as exc:
+        _report_early_error(args, exc)
         print(f"cpcsam: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("cpcsam: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
+    except Exception as exc:  # noqa: BLE001 - the exit code and the event are the contract
+        _report_early_error(args, exc)
+        raise
+
+
+def _report_early_error(args, exc: BaseException) -> None:
+    """An error raised before training wrote its events still reaches a ``--events`` follower."""
+    events = getattr(args, "events", None)
+    if not events or getattr(exc, "reported", False):
+        return
+    from .events import EventWriter
+
+    writer = EventWriter(events)
+    writer.emit("error", type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+    writer.close()
 
 
 if __name__ == "__main__":

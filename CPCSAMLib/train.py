@@ -466,6 +466,10 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
         if main:
             kind = type(exc).__name__
             events.emit("error", type=kind, message=str(exc) or kind, iteration=it)
+            try:
+                exc.reported = True  # the CLI does not report it a second time
+            except AttributeError:
+                pass
         stop.restore()
         events.close()
         raise
