@@ -1,0 +1,264 @@
+"""Qt-free pieces of the CPC-SAM Segment Editor effect (point prompts on a slice view).
+
+Volumes are numpy arrays in VTK/Slicer's memory order ``[K, J, I]`` (what
+``slicer.util.arrayFromVolume`` returns). ``axis`` is an **IJK axis**: 0 = I, 1 = J, 2 = K; a
+slice perpendicular to it is cut like the engine cuts volumes (``io.to_slices``, SimpleITK axis
+``a`` = IJK axis ``a``):
+
+=========  =====================  ===================
+axis       2D slice ``[rows, cols]``   point ``(x, y)``
+=========  =====================  ===================
+2 (K)      ``volume[k]`` = [J, I]  ``(i, j)``
+1 (J)      ``volume[:, j]`` = [K, I]  ``(i, k)``
+0 (I)      ``volume[:, :, i]`` = [K, J]  ``(j, k)``
+=========  =====================  ===================
+
+so a model trained slice-wise sees the slices the effect gives it in the same orientation.
+
+The slice view's plane picks the axis: the IJK axis closest to the view's normal (slice views
+are axis-aligned with the volume in the usual case; for an oblique view the closest IJK slice is
+used), and the slice index is the IJK slice closest to the view's plane.
+
+Propagation (:func:`propagate`) re-prompts each neighbouring slice with the centre point of the
+largest component of the previous slice's result (``prompts.largest_component`` /
+``prompts.center_point``, as the paper derives prompts) and stops when a prediction is empty or
+after N slices in each direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "closest_ijk_axis",
+    "axis_alignment",
+    "ras_to_ijk",
+    "slice_index",
+    "extract_slice",
+    "slice_shape",
+    "ijk_to_xy",
+    "xy_to_ijk",
+    "write_slice",
+    "slice_extent",
+    "PointPromptSession",
+    "predict_mask",
+    "propagate",
+    "segment_with_points",
+    "labelmap_from_slices",
+]
+
+PredictFn = Callable[[np.ndarray, List[Tuple[float, float, int]]], np.ndarray]
+
+
+def _check_axis(axis: int) -> int:
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0 (I), 1 (J) or 2 (K), got {axis!r}")
+    return int(axis)
+
+
+def _check_volume(volume: np.ndarray) -> np.ndarray:
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise InputError(f"expected a [K, J, I] volume, got shape {volume.shape}")
+    return volume
+
+
+# ---------------------------------------------------------------------------- view geometry
+def _unit_ijk_directions(ijk_to_ras) -> np.ndarray:
+    m = np.asarray(ijk_to_ras, dtype=float)[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms == 0):
+        raise InputError("degenerate IJK-to-RAS matrix")
+    return m / norms
+
+
+def closest_ijk_axis(ijk_to_ras, slice_normal_ras) -> int:
+    """IJK axis (0, 1, 2) most parallel to the slice view's normal (RAS)."""
+    normal = np.asarray(slice_normal_ras, dtype=float)[:3]
+    if not np.linalg.norm(normal):
+        raise InputError("the slice normal is zero")
+    normal = normal / np.linalg.norm(normal)
+    return int(np.argmax(np.abs(_unit_ijk_directions(ijk_to_ras).T @ normal)))
+
+
+def axis_alignment(ijk_to_ras, slice_normal_ras) -> float:
+    """Angle in degrees between the view normal and its closest IJK axis (0 = axis-aligned)."""
+    normal = np.asarray(slice_normal_ras, dtype=float)[:3]
+    normal = normal / np.linalg.norm(normal)
+    cos = np.max(np.abs(_unit_ijk_directions(ijk_to_ras).T @ normal))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def ras_to_ijk(ijk_to_ras, ras) -> np.ndarray:
+    """Continuous IJK coordinates of a RAS point."""
+    point = np.append(np.asarray(ras, dtype=float)[:3], 1.0)
+    return (np.linalg.inv(np.asarray(ijk_to_ras, dtype=float)) @ point)[:3]
+
+
+def slice_index(ijk_to_ras, ras_point, axis: int, shape_kji: Sequence[int]) -> Optional[int]:
+    """Index along ``axis`` of the IJK slice closest to ``ras_point``; None outside the volume."""
+    axis = _check_axis(axis)
+    ijk = ras_to_ijk(ijk_to_ras, ras_point)
+    index = int(np.floor(ijk[axis] + 0.5))
+    size = int(shape_kji[2 - axis])
+    if index < 0 or index >= size:
+        return None
+    return index
+
+
+# ---------------------------------------------------------------------------- slices
+def slice_shape(shape_kji: Sequence[int], axis: int) -> Tuple[int, int]:
+    k, j, i = (int(s) for s in shape_kji)
+    return {2: (j, i), 1: (k, i), 0: (k, j)}[_check_axis(axis)]
+
+
+def extract_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2D slice ``index`` perpendicular to IJK ``axis`` of a ``[K, J, I]`` volume (a view)."""
+    volume = _check_volume(volume)
+    axis = _check_axis(axis)
+    size = volume.shape[2 - axis]
+    if not 0 <= index < size:
+        raise InputError(f"slice {index} is outside 0..{size - 1} along axis {'IJK'[axis]}")
+    if axis == 2:
+        return volume[index]
+    if axis == 1:
+        return volume[:, index, :]
+    return volume[:, :, index]
+
+
+def ijk_to_xy(ijk: Sequence[float], axis: int) -> Tuple[int, int]:
+    """Pixel ``(x, y)`` = ``(column, row)`` in the slice of ``axis`` of a voxel ``(i, j, k)``."""
+    i, j, k = (int(np.floor(float(v) + 0.5)) for v in ijk[:3])
+    return {2: (i, j), 1: (i, k), 0: (j, k)}[_check_axis(axis)]
+
+
+def xy_to_ijk(x: int, y: int, axis: int, index: int) -> Tuple[int, int, int]:
+    """Inverse of :func:`ijk_to_xy` on slice ``index``."""
+    return {2: (x, y, index), 1: (x, index, y), 0: (index, x, y)}[_check_axis(axis)]
+
+
+def write_slice(labelmap: np.ndarray, axis: int, index: int, mask2d: np.ndarray, value: int = 1) -> None:
+    """Replace slice ``index`` of a ``[K, J, I]`` labelmap by ``mask2d`` (``value`` inside, 0 outside)."""
+    target = extract_slice(labelmap, axis, index)
+    mask2d = np.asarray(mask2d, dtype=bool)
+    if mask2d.shape != target.shape:
+        raise InputError(f"mask of shape {mask2d.shape} does not fit a slice of shape {target.shape}")
+    target[...] = np.where(mask2d, value, 0).astype(labelmap.dtype)
+
+
+def slice_extent(shape_kji: Sequence[int], axis: int, first: int, last: Optional[int] = None,
+                 origin: Sequence[int] = (0, 0, 0)) -> Tuple[int, int, int, int, int, int]:
+    """VTK extent ``(i0, i1, j0, j1, k0, k1)`` of slices ``first..last`` along ``axis``.
+
+    ``origin``: the image's extent start ``(i0, j0, k0)`` (VTK images need not start at 0).
+    """
+    axis = _check_axis(axis)
+    last = first if last is None else last
+    first, last = min(first, last), max(first, last)
+    k, j, i = (int(s) for s in shape_kji)
+    extent = [0, i - 1, 0, j - 1, 0, k - 1]
+    extent[2 * axis] = first
+    extent[2 * axis + 1] = last
+    for a in range(3):
+        extent[2 * a] += int(origin[a])
+        extent[2 * a + 1] += int(origin[a])
+    return tuple(extent)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- clicks
+@dataclass
+class PointPromptSession:
+    """Clicks accumulated on one slice for one segment/class; a new slice or class starts over.
+
+    ``add(x, y, foreground)`` returns the points for ``Predictor.predict_slice_with_points``:
+    ``(x, y, class_index)`` for foreground clicks and ``(x, y, 0)`` for background ones.
+    """
+
+    key: Optional[tuple] = None
+    points: List[Tuple[int, int, int]] = field(default_factory=list)
+
+    def add(self, key: tuple, x: int, y: int, class_index: int, foreground: bool = True):
+        if key != self.key:
+            self.key = key
+            self.points = []
+        self.points.append((int(x), int(y), int(class_index) if foreground else 0))
+        return list(self.points)
+
+    def has_foreground(self) -> bool:
+        return any(c > 0 for _, _, c in self.points)
+
+    def reset(self) -> None:
+        self.key = None
+        self.points = []
+
+
+# ---------------------------------------------------------------------------- prediction
+def predict_mask(predict: PredictFn, slice2d: np.ndarray, points, class_index: int) -> np.ndarray:
+    """Boolean mask of ``class_index`` in ``predict(slice2d, points)`` (class indices [H, W])."""
+    result = np.asarray(predict(np.asarray(slice2d, dtype=np.float32), list(points)))
+    if result.shape != np.asarray(slice2d).shape:
+        raise InputError(f"the prediction has shape {result.shape}, the slice {np.asarray(slice2d).shape}")
+    return result == int(class_index)
+
+
+def propagate(predict: PredictFn, volume: np.ndarray, axis: int, start_index: int, start_mask: np.ndarray,
+              class_index: int, max_slices: int, directions: Iterable[int] = (1, -1)) -> Dict[int, np.ndarray]:
+    """Segment the neighbouring slices from ``start_mask`` on slice ``start_index``.
+
+    For each direction, the next slice is prompted with the centre point of the largest
+    8-connected component of the previous slice's mask; it stops at the first empty prediction,
+    at the volume's border, or after ``max_slices`` slices. Returns ``{index: bool mask}``
+    (without the start slice).
+    """
+    from .prompts import center_point, largest_component
+
+    volume = _check_volume(volume)
+    axis = _check_axis(axis)
+    size = volume.shape[2 - axis]
+    results: Dict[int, np.ndarray] = {}
+    for step in directions:
+        previous = np.asarray(start_mask, dtype=bool)
+        for n in range(1, int(max_slices) + 1):
+            index = start_index + step * n
+            if not 0 <= index < size:
+                break
+            component = largest_component(previous)
+            if not component.any():
+                break
+            x, y = center_point(component)
+            mask = predict_mask(predict, extract_slice(volume, axis, index), [(x, y, class_index)], class_index)
+            if not mask.any():
+                break
+            results[index] = mask
+            previous = mask
+    return results
+
+
+def segment_with_points(predict: PredictFn, volume: np.ndarray, axis: int, index: int, points,
+                        class_index: int, propagate_slices: int = 0) -> Dict[int, np.ndarray]:
+    """Mask of ``class_index`` on slice ``index`` from the clicks, then (optionally) propagated.
+
+    Returns ``{slice index: bool mask}``; the clicked slice is always in it (possibly empty).
+    """
+    volume = _check_volume(volume)
+    if not points:
+        raise InputError("at least one point is needed")
+    mask = predict_mask(predict, extract_slice(volume, axis, index), points, class_index)
+    results = {int(index): mask}
+    if propagate_slices > 0 and mask.any():
+        results.update(propagate(predict, volume, axis, index, mask, class_index, propagate_slices))
+    return results
+
+
+def labelmap_from_slices(shape_kji: Sequence[int], axis: int, masks: Dict[int, np.ndarray]):
+    """``([K, J, I] uint8 labelmap, (first, last))`` holding ``masks`` (1 inside) on their slices."""
+    labelmap = np.zeros(tuple(int(s) for s in shape_kji), dtype=np.uint8)
+    for index, mask in masks.items():
+        write_slice(labelmap, axis, index, mask, 1)
+    indices = sorted(masks)
+    return labelmap, (indices[0], indices[-1]) if indices else (None, None)

@@ -1,0 +1,206 @@
+"""Qt-free logic of the Segment Editor effect, on real volumes and labels (breast1, prostate).
+
+The model is replaced by an injected "oracle" predict function that answers from the real
+ground-truth label: the connected region of the label under a foreground click (what a perfect
+model would return), so the propagation loop, the slice bookkeeping and the orientation
+conventions are tested on real anatomy without torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from CPCSAMLib import InputError, io
+from CPCSAMLib import effect_logic as el
+from CPCSAMLib.mrml import ijk_to_ras_from_sitk
+from CPCSAMLib.prompts import center_point, largest_component
+
+
+@pytest.fixture(scope="module")
+def breast(nrrd3d_dir):
+    image = sitk.ReadImage(str(nrrd3d_dir / "breast1_image.nrrd"))
+    label = sitk.ReadImage(str(nrrd3d_dir / "breast1_label.nrrd"))
+    return image, sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)
+
+
+class Oracle:
+    """predict(slice2d, points) -> class indices, from the ground truth of the matching slice."""
+
+    NEAR = 3.0
+
+    def __init__(self, volume, label, axis, class_index=1):
+        self.volume, self.label, self.axis, self.class_index = volume, label, axis, class_index
+        self.calls = []
+
+    def _index_of(self, slice2d):
+        size = self.volume.shape[2 - self.axis]
+        for index in range(size):
+            if np.array_equal(el.extract_slice(self.volume, self.axis, index).astype(np.float32), slice2d):
+                return index
+        raise AssertionError("unknown slice")
+
+    def __call__(self, slice2d, points):
+        index = self._index_of(slice2d)
+        self.calls.append((index, list(points)))
+        truth = el.extract_slice(self.label, self.axis, index) > 0
+        regions, _ = ndimage.label(truth, structure=np.ones((3, 3)))
+        # the region under the click, or the nearest one within NEAR pixels (a model does not
+        # need the click exactly inside a ring-shaped or thin structure)
+        distance, (rows, cols) = ndimage.distance_transform_edt(regions == 0, return_indices=True)
+        out = np.zeros(truth.shape, np.uint8)
+
+        def region_at(x, y):
+            if distance[y, x] > self.NEAR:
+                return 0
+            return regions[rows[y, x], cols[y, x]]
+
+        for x, y, c in points:
+            if c > 0 and region_at(x, y):
+                out[regions == region_at(x, y)] = self.class_index
+        for x, y, c in points:  # background clicks remove their region
+            if c == 0 and region_at(x, y):
+                out[regions == region_at(x, y)] = 0
+        return out
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_match_the_engine_slicing(breast, axis):
+    image, volume, _ = breast
+    engine_slices, used = io.to_slices(image, axis)  # SimpleITK axis a == IJK axis a
+    assert used == axis
+    for index in range(engine_slices.shape[0]):
+        np.testing.assert_array_equal(el.extract_slice(volume, axis, index), engine_slices[index])
+    assert el.slice_shape(volume.shape, axis) == engine_slices.shape[1:]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_point_conventions(breast, axis):
+    _, volume, _ = breast
+    rng = np.random.default_rng(axis)
+    for _ in range(20):
+        i, j, k = (int(rng.integers(n)) for n in volume.shape[::-1])
+        x, y = el.ijk_to_xy((i, j, k), axis)
+        index = (i, j, k)[axis]
+        # (x, y) = (column, row) in the slice
+        assert el.extract_slice(volume, axis, index)[y, x] == volume[k, j, i]
+        assert el.xy_to_ijk(x, y, axis, index) == (i, j, k)
+
+
+def test_view_axis_and_slice_index_from_real_geometry(breast):
+    image, volume, _ = breast
+    ijk_to_ras = ijk_to_ras_from_sitk(image)  # LPS file -> RAS, flipped I and J
+    assert el.closest_ijk_axis(ijk_to_ras, [0, 0, 1]) == 2  # axial view
+    assert el.closest_ijk_axis(ijk_to_ras, [1, 0, 0]) == 0  # sagittal
+    assert el.closest_ijk_axis(ijk_to_ras, [0, 1, 0]) == 1  # coronal
+    assert el.axis_alignment(ijk_to_ras, [0, 0, -1]) == pytest.approx(0.0)
+    tilt = np.radians(20)
+    oblique = [0, np.sin(tilt), np.cos(tilt)]
+    assert el.closest_ijk_axis(ijk_to_ras, oblique) == 2
+    assert el.axis_alignment(ijk_to_ras, oblique) == pytest.approx(20.0)
+    # the RAS centre of voxel (10, 50, 9) lies on K slice 9; a point 0.4 voxel off still does
+    centre = (ijk_to_ras @ np.array([10, 50, 9, 1.0]))[:3]
+    assert el.slice_index(ijk_to_ras, centre, 2, volume.shape) == 9
+    assert el.slice_index(ijk_to_ras, centre + [0, 0, 0.4 * 2.1], 2, volume.shape) == 9
+    assert el.slice_index(ijk_to_ras, centre + [0, 0, 0.6 * 2.1], 2, volume.shape) == 10
+    assert el.slice_index(ijk_to_ras, centre + [0, 0, 100.0], 2, volume.shape) is None
+    np.testing.assert_allclose(el.ras_to_ijk(ijk_to_ras, centre), [10, 50, 9], atol=1e-9)
+
+
+def test_write_slice_and_extent(breast):
+    _, volume, label = breast
+    labelmap = np.zeros(volume.shape, np.uint8)
+    labelmap[3] = 1  # another slice stays as it is
+    mask = el.extract_slice(label, 2, 9) > 0
+    el.write_slice(labelmap, 2, 9, mask, value=1)
+    np.testing.assert_array_equal(labelmap[9], mask)
+    assert labelmap[3].all()
+    el.write_slice(labelmap, 2, 9, np.zeros_like(mask))  # replaces, never merges
+    assert not labelmap[9].any()
+    mask_j = el.extract_slice(label, 1, 60) > 0
+    el.write_slice(labelmap, 1, 60, mask_j, value=2)
+    np.testing.assert_array_equal(labelmap[:, 60, :] == 2, mask_j)
+    with pytest.raises(InputError, match="does not fit"):
+        el.write_slice(labelmap, 0, 1, mask)
+    assert el.slice_extent(volume.shape, 2, 9) == (0, 44, 0, 119, 9, 9)
+    assert el.slice_extent(volume.shape, 0, 12, 10) == (10, 12, 0, 119, 0, 20)
+    assert el.slice_extent(volume.shape, 1, 5, origin=(1, 2, 3)) == (1, 45, 7, 7, 3, 23)
+    with pytest.raises(InputError, match="outside"):
+        el.extract_slice(volume, 2, 21)
+
+
+def test_click_then_propagate_on_the_real_tumour(breast):
+    _, volume, label = breast
+    oracle = Oracle(volume, label, axis=2)
+    truth9 = label[9] > 0
+    x, y = center_point(largest_component(truth9))
+    masks = el.segment_with_points(oracle, volume, 2, 9, [(x, y, 1)], class_index=1, propagate_slices=5)
+    # the tumour spans slices 8..10: propagation finds both neighbours and stops at empty ones
+    assert sorted(masks) == [8, 9, 10]
+    for index in (8, 9, 10):
+        assert masks[index].any()
+        assert not (masks[index] & ~(label[index] > 0)).any()  # inside the real tumour
+    # each neighbour was prompted with the centre point of the previous slice's result
+    prompted = {index: points for index, points in oracle.calls}
+    assert prompted[10] == [(*center_point(largest_component(masks[9])), 1)]
+    assert prompted[8] == [(*center_point(largest_component(masks[9])), 1)]
+    # slices 7 and 11 were tried (empty there) and nothing beyond
+    assert sorted(prompted) == [7, 8, 9, 10, 11]
+    labelmap, (first, last) = el.labelmap_from_slices(volume.shape, 2, masks)
+    assert (first, last) == (8, 10)
+    assert labelmap.sum() == sum(m.sum() for m in masks.values())
+
+
+def test_propagation_limits(breast):
+    _, volume, label = breast
+    oracle = Oracle(volume, label, axis=2)
+    start = label[9] > 0
+    assert sorted(el.propagate(oracle, volume, 2, 9, start, 1, max_slices=1)) == [8, 10]
+    assert el.propagate(oracle, volume, 2, 9, start, 1, max_slices=0) == {}
+    assert sorted(el.propagate(oracle, volume, 2, 9, start, 1, max_slices=5, directions=(1,))) == [10]
+    # an empty start stops at once, without calling the model
+    oracle.calls.clear()
+    assert el.propagate(oracle, volume, 2, 9, np.zeros_like(start), 1, max_slices=5) == {}
+    assert oracle.calls == []
+
+
+def test_propagation_stops_at_the_volume_border(nrrd3d_dir):
+    image = sitk.ReadImage(str(nrrd3d_dir / "prostate_phantom_subvolume.nrrd"))
+    volume = sitk.GetArrayFromImage(image)
+    label = (sitk.GetArrayFromImage(sitk.ReadImage(str(nrrd3d_dir / "prostate_phantom_subvolume-label.nrrd"))) == 9)
+    label = label.astype(np.uint8)
+    occupied = [k for k in range(label.shape[0]) if label[k].any()]
+    last = occupied[-1]
+    oracle = Oracle(volume, label, axis=2)
+    found = el.propagate(oracle, volume, 2, last, label[last] > 0, 1, max_slices=50)
+    assert max(found) < volume.shape[0] and min(found) >= 0
+    assert all(0 <= i < volume.shape[0] for i, _ in oracle.calls)
+
+
+def test_background_click_and_session(breast):
+    _, volume, label = breast
+    oracle = Oracle(volume, label, axis=2)
+    session = el.PointPromptSession()
+    x, y = center_point(largest_component(label[9] > 0))
+    points = session.add(("seg", "S1", 2, 9), x, y, 1, foreground=True)
+    assert points == [(x, y, 1)]
+    first = el.segment_with_points(oracle, volume, 2, 9, points, 1)[9]
+    assert first.any()
+    points = session.add(("seg", "S1", 2, 9), x, y, 1, foreground=False)  # Shift+click: label 0
+    assert points == [(x, y, 1), (x, y, 0)]
+    assert not el.segment_with_points(oracle, volume, 2, 9, points, 1)[9].any()
+    assert session.has_foreground()
+    # another slice starts a new prompt
+    assert session.add(("seg", "S1", 2, 10), 1, 2, 1) == [(1, 2, 1)]
+    session.reset()
+    assert session.points == [] and session.key is None
+    with pytest.raises(InputError, match="at least one point"):
+        el.segment_with_points(oracle, volume, 2, 9, [], 1)
+
+
+def test_predict_mask_checks_shape(breast):
+    _, volume, _ = breast
+    with pytest.raises(InputError, match="prediction has shape"):
+        el.predict_mask(lambda s, p: np.zeros((3, 3)), el.extract_slice(volume, 2, 0), [(0, 0, 1)], 1)
