@@ -57,7 +57,7 @@ def test_plan_with_pytorch_extension_installs_torch_first():
 
 def test_plan_without_pytorch_extension_uses_pip():
     plan = install.install_plan(["torch"], find_spec=fake_find_spec({"PyTorchUtils"}))
-    assert plan[0].method == "pip" and "PyTorch extension" in plan[0].description
+    assert plan[0].method == "pip" and "Extensions Manager" in plan[0].description
     calls = []
     install.run_plan(plan, calls.append)
     assert calls == ["torch"]
