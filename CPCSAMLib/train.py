@@ -294,8 +294,9 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
     from .modeling.backbones import build_backbone
     from .modeling.dual_sam import DualBranchSAM
 
-    backbone = build_backbone(cfg.backbone, cfg.sam_checkpoint)
-    size = backbone.input_size
+    from .modeling.backbones import input_size_for
+
+    size = input_size_for(cfg.backbone)
     pct = tuple(cfg.percentiles) if cfg.percentiles else None
     labeled = ds.build_slices(manifest.labeled, manifest.classes, size, cfg.axis, pct)
     unlabeled = ds.build_slices(manifest.unlabeled, manifest.classes, size, cfg.axis, pct) if manifest.unlabeled else None
@@ -303,6 +304,7 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
     if cfg.method != "supervised" and cfg.supervised_iters < cfg.iterations and (unlabeled is None or len(unlabeled) == 0):
         raise InputError(f"method {cfg.method} needs unlabeled images but the manifest lists none; "
                          "add some under 'unlabeled' or use --method supervised")
+    backbone = build_backbone(cfg.backbone, cfg.sam_checkpoint)
     class_names = manifest.class_names
     num_classes = len(class_names)
     resume_payload = None

@@ -157,6 +157,15 @@ def build_sam_vit(name: str, checkpoint: Optional[str], input_size: int = 512) -
     )
 
 
+def input_size_for(name: str) -> int:
+    """Input size of a backbone, known without loading it (LiteMedSAM 256, SAM ViT 512 as the paper)."""
+    if name == "litemedsam":
+        return 256
+    if name in _SAM_VIT:
+        return 512
+    raise CheckpointError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
 def build_backbone(name: str = "litemedsam", checkpoint: Optional[str] = None) -> Backbone:
     """Builds the named backbone. ``checkpoint`` is required for SAM ViT backbones."""
     if name == "litemedsam":

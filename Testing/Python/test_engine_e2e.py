@@ -1,0 +1,186 @@
+"""End to end on real BUSI images and the real LiteMedSAM weights, through the real CLI subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from CPCSAMLib.events import read_events
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "CPCSAMLib", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def _write_manifest(path: Path, busi: Path, labeled, unlabeled, validation, classes=None) -> Path:
+    data = {
+        "classes": classes or [{"name": "lesion", "value": 255}],
+        "labeled": [{"image": str(busi / "images" / n), "label": str(busi / "masks" / n)} for n in labeled],
+        "unlabeled": [str(busi / "images" / n) for n in unlabeled],
+        "validation": [{"image": str(busi / "images" / n), "label": str(busi / "masks" / n)} for n in validation],
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_manifest(tmp_path_factory, busi_dir):
+    labeled = (busi_dir / "labeled_10.txt").read_text().split()[:2]
+    train = [n for n in (busi_dir / "train.txt").read_text().split() if n not in labeled]
+    val = (busi_dir / "val.txt").read_text().split()[:2]
+    return _write_manifest(tmp_path_factory.mktemp("job") / "manifest.json", busi_dir, labeled, train[:2], val)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_manifest):
+    out = tmp_path_factory.mktemp("run") / "out"
+    events = out.parent / "events.jsonl"
+    r = _cli("train", "--manifest", small_manifest, "--output", out, "--events", events, "--iterations", 2,
+             "--batch-size", 2, "--val-every", 2, "--save-every", 1, "--no-progress", "--warmup-iters", 1)
+    assert r.returncode == 0, r.stderr
+    return out, events
+
+
+def test_training_writes_events_checkpoints_and_curve(trained):
+    out, events_path = trained
+    events = read_events(events_path)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    its = [e for e in events if e["event"] == "iteration"]
+    assert [e["iteration"] for e in its] == [1, 2]
+    for e in its:
+        assert all(np.isfinite(e[k]) for k in ("loss", "loss_s", "loss_cross", "loss_c", "lr"))
+        assert e["loss_cross"] > 0 and e["loss_c"] > 0  # unlabeled images took part
+    val = [e for e in events if e["event"] == "validation"]
+    assert val and 0.0 <= val[0]["dice"] <= 1.0 and "lesion" in val[0]["dice_per_class"]
+    assert events[-1]["status"] == "completed"
+    for name in ("model_best.pt", "model_last.pt", "config.json", "training_curve.png"):
+        assert (out / name).is_file(), name
+    payload = torch.load(out / "model_best.pt", weights_only=True)  # no code execution needed
+    card = json.loads(payload["model_card"])
+    assert card["backbone"] == "litemedsam" and card["classes"] == [{"name": "lesion", "value": 255}]
+    assert card["lora_rank"] == 4 and card["input_size"] == 256 and "torch" in card["versions"]
+    assert any(".lora_" in k for k in payload["state_dict"])
+    assert not any(k.startswith("image_encoder") and ".lora_" not in k for k in payload["state_dict"])
+
+
+def test_resume_continues_from_last_checkpoint(trained, small_manifest, tmp_path):
+    out, _ = trained
+    copy = tmp_path / "out"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    r = _cli("train", "--manifest", small_manifest, "--output", copy, "--iterations", 3, "--batch-size", 2,
+             "--val-every", 100, "--no-progress", "--resume")
+    assert r.returncode == 0, r.stderr
+    events = read_events(copy / "events.jsonl")
+    started = [e for e in events if e["event"] == "started"][-1]
+    assert started["start_iteration"] == 2
+    assert [e["iteration"] for e in events if e["event"] == "iteration"][-1:] == [3]
+
+
+def test_predict_and_evaluate_cli(trained, busi_dir, tmp_path):
+    out, _ = trained
+    names = (busi_dir / "val.txt").read_text().split()[:2]
+    images = [busi_dir / "images" / n for n in names]
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    r = _cli("predict", "--model", out / "model_best.pt", "--input", *images, "--output", pred_dir)
+    assert r.returncode == 0, r.stderr
+    preds = sorted(pred_dir.iterdir())
+    assert len(preds) == 2
+    for img, pred in zip(images, [pred_dir / (Path(n).stem + "_cpcsam.png") for n in names]):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(pred)))
+        ref = sitk.ReadImage(str(img))
+        assert a.shape == (ref.GetHeight(), ref.GetWidth())
+        assert set(np.unique(a)) <= {0, 255}
+    # never overwrite silently
+    r = _cli("predict", "--model", out / "model_best.pt", "--input", *images, "--output", pred_dir)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    preds = [pred_dir / (Path(n).stem + "_cpcsam.png") for n in names]
+    r = _cli("evaluate", "--pred", *preds, "--gt", *[busi_dir / "masks" / n for n in names],
+             "--output", tmp_path / "metrics")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "metrics" / "metrics.csv").is_file() and "DSC" in r.stdout.upper()
+
+
+def test_predict_on_3d_volume_keeps_geometry(trained, nrrd3d_dir, tmp_path):
+    out, _ = trained
+    from CPCSAMLib.infer import Predictor
+
+    p = Predictor.from_checkpoint(out / "model_best.pt", "cpu")
+    src = nrrd3d_dir / "breast1_image.nrrd"
+    dst = p.predict_file(src, tmp_path / "breast1_pred.nrrd")
+    a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(dst))
+    assert a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
+    assert a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection()
+    mask = p.predict_slice_with_points(sitk.GetArrayFromImage(a)[10].astype(np.float32), [(20, 60, 1), (5, 5, 0)])
+    assert mask.shape == (120, 45) and mask.max() <= 1
+
+
+def test_wrong_checkpoints_are_refused(trained, tmp_path):
+    out, _ = trained
+    from CPCSAMLib.errors import CheckpointError
+    from CPCSAMLib.infer import Predictor
+
+    with pytest.raises(CheckpointError, match="classes"):
+        Predictor.from_checkpoint(out / "model_best.pt", "cpu", expected_classes=["tumor", "cyst"])
+    with pytest.raises(CheckpointError, match="backbone"):
+        Predictor.from_checkpoint(out / "model_best.pt", "cpu", expected_backbone="sam_vit_b")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    r = _cli("predict", "--model", junk, "--input", "x.png", "--output", tmp_path / "o.png")
+    assert r.returncode == 2 and "junk.pt" in r.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_bad_input_gives_specific_error_and_writes_nothing(busi_dir, tmp_path):
+    names = (busi_dir / "labeled_10.txt").read_text().split()[:2]
+    manifest = _write_manifest(tmp_path / "m.json", busi_dir, names, [names[0].replace("benign", "malignant")], [])
+    # a label from another image: sizes differ
+    data = json.loads(manifest.read_text())
+    data["labeled"][0]["label"] = str(busi_dir / "masks" / names[1])
+    manifest.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    events = tmp_path / "events.jsonl"
+    r = _cli("train", "--manifest", manifest, "--output", out, "--events", events, "--iterations", 1)
+    assert r.returncode == 2
+    assert names[1] in r.stderr
+    assert not out.exists()
+    err = read_events(events)[-1]
+    assert err["event"] == "error" and err["type"] == "InputError"
+
+
+def test_sigterm_stops_cleanly_after_saving(small_manifest, tmp_path):
+    out = tmp_path / "out"
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "CPCSAMLib", "train", "--manifest", str(small_manifest),
+                             "--output", str(out), "--events", str(events), "--iterations", "1000", "--batch-size",
+                             "2", "--no-progress", "--val-every", "1000", "--save-every", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if events.exists() and any(e["event"] == "iteration" for e in read_events(events)):
+            break
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+    assert rc == 3
+    final = read_events(events)
+    finished = [e for e in final if e["event"] == "finished"]
+    assert finished and finished[-1]["status"] == "cancelled"
+    assert (out / "model_last.pt").is_file()
+    assert torch.load(out / "model_last.pt", weights_only=True)["iteration"] >= 1
