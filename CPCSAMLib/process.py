@@ -37,6 +37,9 @@ __all__ = [
     "default_python_executable",
     "train_arguments",
     "predict_arguments",
+    "train_options",
+    "BACKBONES",
+    "DEVICES",
     "EXIT_OK",
     "EXIT_INPUT",
     "EXIT_CANCELLED",
@@ -130,6 +133,84 @@ def _options_to_args(options: Optional[dict]) -> List[str]:
         else:
             args += [_option_flag(key), str(value)]
     return args
+
+
+#: Backbone names shown in the panel -> engine names (engine names are accepted as they are).
+BACKBONES = {"LiteMedSAM": "litemedsam", "SAM ViT-B": "sam_vit_b", "SAM ViT-L": "sam_vit_l",
+             "SAM ViT-H": "sam_vit_h"}
+#: Device names shown in the panel -> engine names.
+DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+
+#: Option names accepted by :func:`train_options` (Slicer camelCase, engine snake_case, paper
+#: names) -> the engine's ``train`` option.
+_TRAIN_OPTION_ALIASES = {
+    "backbone": "backbone",
+    "samCheckpoint": "sam_checkpoint", "sam_checkpoint": "sam_checkpoint",
+    "device": "device",
+    "iterations": "iterations",
+    "batchSize": "batch_size", "batch_size": "batch_size",
+    "learningRate": "lr", "learning_rate": "lr", "lr": "lr",
+    "lambda1": "lambda_cross", "lambdaCross": "lambda_cross", "lambda_cross": "lambda_cross",
+    "lambda2": "lambda_consistency", "lambdaConsistency": "lambda_consistency",
+    "lambda_consistency": "lambda_consistency",
+    "loraRank": "lora_rank", "lora_rank": "lora_rank",
+    "valEvery": "val_every", "val_every": "val_every", "validationEvery": "val_every",
+    "saveEvery": "save_every", "save_every": "save_every",
+    "seed": "seed",
+    "method": "method",
+    "axis": "axis",
+    "maxMinutes": "max_minutes", "max_minutes": "max_minutes",
+    "threads": "threads",
+    "warmupIters": "warmup_iters", "warmup_iters": "warmup_iters",
+    "noAugment": "no_augment", "no_augment": "no_augment",
+}
+
+
+def train_options(**options) -> Dict[str, object]:
+    """Normalise training options to the engine's ``train`` options (``--key-with-dashes``).
+
+    Accepts the panel's names (``batchSize``, ``learningRate``, ``lambda1``...), the engine's
+    (``batch_size``, ``lr``, ``lambda_cross``...), the panel's backbone and device labels
+    ("SAM ViT-B", "GPU"). ``None`` values are dropped. Raises ``InputError`` for an unknown
+    option, backbone or device, and for a SAM backbone without an existing checkpoint file.
+    """
+    from .errors import InputError
+
+    out: Dict[str, object] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in _TRAIN_OPTION_ALIASES:
+            raise InputError(f"Unknown training option {key!r}; known options: "
+                             f"{sorted(set(_TRAIN_OPTION_ALIASES))}")
+        out[_TRAIN_OPTION_ALIASES[key]] = value
+    if "backbone" in out:
+        name = str(out["backbone"])
+        engine_names = set(BACKBONES.values())
+        if name in BACKBONES:
+            out["backbone"] = BACKBONES[name]
+        elif name.lower() in engine_names:
+            out["backbone"] = name.lower()
+        else:
+            raise InputError(f"Unknown backbone {name!r}; choose one of {list(BACKBONES)}")
+    if "device" in out:
+        name = str(out["device"])
+        out["device"] = DEVICES.get(name, name)
+    if str(out.get("backbone", "litemedsam")).startswith("sam_vit"):
+        checkpoint = out.get("sam_checkpoint")
+        if not checkpoint or not Path(str(checkpoint)).is_file():
+            raise InputError(f"The {out['backbone']} backbone needs the SAM checkpoint file "
+                             f"(e.g. sam_vit_b_01ec64.pth); got {checkpoint!r}.")
+    else:
+        out.pop("sam_checkpoint", None)
+    for key in ("iterations", "batch_size", "lora_rank", "val_every", "save_every", "seed", "threads",
+                "warmup_iters"):
+        if key in out:
+            out[key] = int(out[key])
+    for key in ("lr", "lambda_cross", "lambda_consistency", "max_minutes"):
+        if key in out:
+            out[key] = float(out[key])
+    return out
 
 
 class EngineProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from CPCSAMLib.process import (EXIT_CANCELLED, EngineProcess, Signal, default_python_executable,
-                               predict_arguments, train_arguments)
+                               predict_arguments, train_arguments, train_options)
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-tree checks use POSIX /proc")
 
@@ -283,3 +283,34 @@ def test_signal():
     s.disconnect(got.append)
     s.emit(4)
     assert got == [3] and len(s) == 0
+
+
+def test_train_options_are_accepted_by_the_engine_cli(tmp_path):
+    from CPCSAMLib import InputError
+    from CPCSAMLib.cli import _config, build_parser
+
+    options = train_options(backbone="LiteMedSAM", device="GPU", iterations=7, batchSize=4,
+                            learningRate=2e-3, lambda1=0.3, lambda2=0.1, loraRank=8, valEvery=5,
+                            samCheckpoint="", seed=None, noAugment=True, threads=2)
+    assert options["backbone"] == "litemedsam" and options["device"] == "cuda"
+    assert "sam_checkpoint" not in options and "seed" not in options
+    args = build_parser().parse_args(train_arguments(tmp_path / "m.json", tmp_path / "out",
+                                                     tmp_path / "e.jsonl", options))
+    cfg = _config(args)
+    assert (cfg.backbone, cfg.device, cfg.iterations, cfg.batch_size, cfg.lr, cfg.lambda_cross,
+            cfg.lambda_consistency, cfg.lora_rank, cfg.val_every, cfg.augment, cfg.num_threads) == (
+        "litemedsam", "cuda", 7, 4, 2e-3, 0.3, 0.1, 8, 5, False, 2)
+    assert args.events == str(tmp_path / "e.jsonl")
+
+    checkpoint = tmp_path / "sam_vit_b.pth"
+    checkpoint.write_bytes(b"x")
+    sam = train_options(backbone="SAM ViT-B", samCheckpoint=str(checkpoint))
+    assert sam == {"backbone": "sam_vit_b", "sam_checkpoint": str(checkpoint)}
+    args = build_parser().parse_args(train_arguments("m", "o", None, sam))
+    assert args.backbone == "sam_vit_b" and args.sam_checkpoint == str(checkpoint)
+    with pytest.raises(InputError, match="needs the SAM checkpoint file"):
+        train_options(backbone="SAM ViT-H", samCheckpoint=str(tmp_path / "missing.pth"))
+    with pytest.raises(InputError, match="Unknown backbone"):
+        train_options(backbone="UNet")
+    with pytest.raises(InputError, match="Unknown training option 'epochs'"):
+        train_options(epochs=3)
