@@ -1,0 +1,3 @@
+"""The CPC-SAM Segment Editor effect (registered by the SegmentEditorCPCSAM module)."""
+
+from .SegmentEditorEffect import *  # noqa: F401,F403

@@ -1,0 +1,199 @@
+"""Static checks of the Slicer module files (no Slicer application needed).
+
+* every widget the module code uses (``self.ui.X`` and the names in ``SCALAR_WIDGETS``) exists as
+  an objectName in ``CPCSAM/Resources/UI/CPCSAM.ui``, with a class that fits its use;
+* the panel's initial values are the module's (the paper's) defaults;
+* the .ui declares its custom widgets and gives the scene to every MRML widget;
+* the CMake files name files that exist and install the whole engine package;
+* the module sources compile.
+"""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+MODULE = Path("CPCSAM") / "CPCSAM.py"
+UI = Path("CPCSAM") / "Resources" / "UI" / "CPCSAM.ui"
+EFFECT = Path("SegmentEditorCPCSAM") / "SegmentEditorCPCSAMLib" / "SegmentEditorEffect.py"
+
+
+@pytest.fixture(scope="module")
+def ui_tree(repo_root):
+    return ET.parse(repo_root / UI)
+
+
+@pytest.fixture(scope="module")
+def widgets(ui_tree):
+    """objectName -> class of every widget in the .ui."""
+    return {w.get("name"): w.get("class") for w in ui_tree.iter("widget")}
+
+
+@pytest.fixture(scope="module")
+def module_source(repo_root):
+    return (repo_root / MODULE).read_text(encoding="utf-8")
+
+
+def _module_constant(source: str, name: str):
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not found in {MODULE}")
+
+
+def _property(widget_element, name):
+    for prop in widget_element.findall("property"):
+        if prop.get("name") == name:
+            value = list(prop)[0]
+            return value.text
+    return None
+
+
+def test_every_ui_attribute_used_by_the_module_exists(module_source, widgets):
+    used = set(re.findall(r"self\.ui\.(\w+)", module_source))
+    assert len(used) >= 15  # the regex finds the names (sanity check of the check itself)
+    missing = sorted(used - set(widgets))
+    assert not missing, f"widgets used in {MODULE} but absent from {UI}: {missing}"
+
+
+def test_scalar_widgets_exist_with_a_fitting_class(module_source, widgets):
+    expected = {"combo": {"QComboBox"}, "int": {"QSpinBox", "ctkSliderWidget"},
+                "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget"},
+                "bool": {"QCheckBox"}, "path": {"ctkPathLineEdit"}}
+    table = _module_constant(module_source, "SCALAR_WIDGETS")
+    for name, parameter, kind in table:
+        assert name in widgets, f"{name} ({parameter}) is not in the .ui"
+        assert widgets[name] in expected[kind], f"{name} is a {widgets[name]}, used as {kind}"
+    parameters = {p for _, p, _ in table}
+    assert parameters <= set(_module_constant(module_source, "DEFAULT_PARAMETERS"))
+
+
+def test_panel_initial_values_are_the_defaults(module_source, ui_tree):
+    defaults = _module_constant(module_source, "DEFAULT_PARAMETERS")
+    by_name = {w.get("name"): w for w in ui_tree.iter("widget")}
+    for name, parameter, kind in _module_constant(module_source, "SCALAR_WIDGETS"):
+        element = by_name[name]
+        if kind == "int":
+            assert int(_property(element, "value")) == defaults[parameter], name
+        elif kind == "float":
+            assert float(_property(element, "value")) == pytest.approx(defaults[parameter]), name
+        elif kind == "combo":
+            items = [list(item.find("property"))[0].text for item in element.findall("item")]
+            assert items[0] == defaults[parameter], name
+        elif kind == "bool":
+            assert (_property(element, "checked") == "true") == defaults[parameter], name
+    # the paper's settings
+    assert (defaults["LearningRate"], defaults["LambdaCross"], defaults["LambdaConsistency"],
+            defaults["LoraRank"], defaults["Backbone"]) == (0.001, 0.4, 0.05, 4, "LiteMedSAM")
+    backbones = [list(i.find("property"))[0].text for i in by_name["backboneComboBox"].findall("item")]
+    assert backbones == ["LiteMedSAM", "SAM ViT-B", "SAM ViT-L", "SAM ViT-H"]
+    devices = [list(i.find("property"))[0].text for i in by_name["deviceComboBox"].findall("item")]
+    assert devices == ["auto", "CPU", "GPU"]
+
+
+def test_panel_has_the_required_controls(widgets):
+    for name, cls in [("trainButton", "QPushButton"), ("progressBar", "QProgressBar"),
+                      ("logTextEdit", "QPlainTextEdit"), ("lossLabel", "QLabel"), ("diceLabel", "QLabel"),
+                      ("advancedCollapsibleButton", "ctkCollapsibleButton"),
+                      ("unlabeledVolumesSelector", "qMRMLCheckableNodeComboBox"),
+                      ("labeledPairsTable", "QTableWidget"), ("labeledVolumeSelector", "qMRMLNodeComboBox"),
+                      ("labeledSegmentationSelector", "qMRMLNodeComboBox"),
+                      ("applyVolumesSelector", "qMRMLCheckableNodeComboBox"),
+                      ("modelPathLineEdit", "ctkPathLineEdit"), ("outputDirectoryPathLineEdit", "ctkPathLineEdit"),
+                      ("samCheckpointPathLineEdit", "ctkPathLineEdit")]:
+        assert widgets.get(name) == cls, f"{name}: {widgets.get(name)} != {cls}"
+    assert widgets["CPCSAM"] == "qMRMLWidget"
+
+
+def test_ui_declares_custom_widgets_and_scene_connections(ui_tree, widgets):
+    root = ui_tree.getroot()
+    assert root.get("version") == "4.0" and root.find("class").text == "CPCSAM"
+    declared = {cw.find("class").text for cw in root.iter("customwidget")}
+    qt_classes = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QCheckBox",
+                  "QListWidget", "QTableWidget", "QProgressBar", "QPlainTextEdit"}
+    for name, cls in widgets.items():
+        assert cls in qt_classes or cls in declared, f"{name}: class {cls} is neither Qt nor declared"
+    mrml = {n for n, c in widgets.items() if c.startswith("qMRML") and c != "qMRMLWidget"}
+    connected = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    assert mrml and mrml <= connected, f"MRML widgets without the scene: {sorted(mrml - connected)}"
+    names = [w.get("name") for w in ui_tree.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate objectName"
+
+
+def test_module_texts(module_source):
+    assert 'self.parent.categories = ["Segmentation"]' in module_source
+    assert "Miao J, Chen C, Zhang K, Chuai J, Li Q, Heng PA" in module_source
+    assert "Cross Prompting Consistency with Segment Anything Model for Semi-supervised Medical Image" in module_source
+    assert "MICCAI 2024" in module_source
+    for cls in ("class CPCSAM(ScriptedLoadableModule)", "class CPCSAMWidget(ScriptedLoadableModuleWidget",
+                "class CPCSAMLogic(ScriptedLoadableModuleLogic)", "class CPCSAMTest(ScriptedLoadableModuleTest)"):
+        assert cls in module_source
+
+
+def test_sources_compile(repo_root, tmp_path):
+    for path in [MODULE, EFFECT, Path("SegmentEditorCPCSAM") / "SegmentEditorCPCSAM.py",
+                 Path("SegmentEditorCPCSAM") / "SegmentEditorCPCSAMLib" / "__init__.py"]:
+        py_compile.compile(str(repo_root / path), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_effect_uses_the_contract(repo_root):
+    source = (repo_root / EFFECT).read_text(encoding="utf-8")
+    for needle in ("predict_slice_with_points", "saveStateForUndo()", "modifySelectedSegmentByLabelmap",
+                   "GetShiftKey()", "LeftButtonPressEvent", "effect_logic.segment_with_points",
+                   "def processInteractionEvents(self, callerInteractor, eventId, viewWidget)"):
+        assert needle in source, needle
+    module = (repo_root / "SegmentEditorCPCSAM" / "SegmentEditorCPCSAM.py").read_text(encoding="utf-8")
+    assert 'slicer.app.connect("startupCompleted()", self.registerEditorEffect)' in module
+    assert "qSlicerSegmentEditorScriptedEffect" in module
+
+
+def _cmake_list(text: str, variable: str):
+    match = re.search(r"set\(" + variable + r"\s+(.*?)\)", text, re.S)
+    assert match, variable
+    return match.group(1).split()
+
+
+def test_cmake_files(repo_root):
+    top = (repo_root / "CMakeLists.txt").read_text()
+    for needle in ("EXTENSION_HOMEPAGE", 'EXTENSION_CATEGORY "Segmentation"', "EXTENSION_CONTRIBUTORS",
+                   "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
+                   'EXTENSION_DEPENDS "PyTorch"', "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                   "add_subdirectory(CPCSAM)", "add_subdirectory(SegmentEditorCPCSAM)",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert needle in top, needle
+    assert (repo_root / "Resources" / "Icons" / "CPCSAM.png").is_file()
+    for module in ("CPCSAM", "SegmentEditorCPCSAM"):
+        text = (repo_root / module / "CMakeLists.txt").read_text()
+        assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
+        for variable in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"):
+            for entry in _cmake_list(text, variable):
+                path = repo_root / module / entry.replace("${MODULE_NAME}", module)
+                assert path.is_file(), f"{module}/CMakeLists.txt names a missing file: {entry}"
+    # the engine is installed with the CPCSAM module: globs relative to the top level
+    text = (repo_root / "CPCSAM" / "CMakeLists.txt").read_text()
+    globs = re.findall(r"\$\{CPCSAM_TOPLEVEL_DIR\}/(CPCSAMLib/[^\s)]*)", text)
+    matched = set()
+    for pattern in globs:
+        glob = pattern.replace("*", "**/*", 1) if pattern.endswith("demo_data/*") else pattern
+        matched |= {p.relative_to(repo_root).as_posix() for p in repo_root.glob(glob) if p.is_file()}
+    engine_files = {p.relative_to(repo_root).as_posix() for p in (repo_root / "CPCSAMLib").rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert engine_files and engine_files <= matched, f"not installed: {sorted(engine_files - matched)[:10]}"
+    assert "SOURCE_DIR ${CPCSAM_TOPLEVEL_DIR}" in text and "NO_INSTALL_SUBDIR" in text
+
+
+def test_icons_are_real_pngs(repo_root):
+    import SimpleITK as sitk
+
+    for path in ("Resources/Icons/CPCSAM.png", "CPCSAM/Resources/Icons/CPCSAM.png",
+                 "SegmentEditorCPCSAM/Resources/Icons/SegmentEditorCPCSAM.png"):
+        image = sitk.ReadImage(str(repo_root / path))
+        assert image.GetSize() == (128, 128), path
+        assert image.GetNumberOfComponentsPerPixel() in (3, 4)
