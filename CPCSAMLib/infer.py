@@ -21,8 +21,11 @@ from .errors import CheckpointError, InputError
 class Predictor:
     """A loaded model. Build with :meth:`from_checkpoint`."""
 
-    def __init__(self, model, card: dict, device: torch.device) -> None:
+    def __init__(self, model, card: dict, device: torch.device, precision: str = "auto") -> None:
+        from .train import autocast_dtype
+
         self.model = model.eval()
+        self.amp_dtype = autocast_dtype(precision, device)
         self.card = card
         self.device = device
         self.classes: List[dict] = card["classes"]
@@ -32,8 +35,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", backbone_checkpoint: Optional[str] = None,
-                        expected_backbone: Optional[str] = None, expected_classes: Optional[Sequence[str]] = None
-                        ) -> "Predictor":
+                        expected_backbone: Optional[str] = None, expected_classes: Optional[Sequence[str]] = None,
+                        precision: str = "auto") -> "Predictor":
         """Loads ``path`` (weights only, no code execution). SAM backbones need their original
         checkpoint file: the one recorded at training time, or ``backbone_checkpoint``."""
         from .modeling.backbones import build_backbone
@@ -60,7 +63,10 @@ class Predictor:
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: tensor shapes do not match the model ({str(exc)[:200]})") from exc
         dev = select_device(device)
-        return cls(model.to(dev), card, dev)
+        return cls(model.to(dev), card, dev, precision)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     # ---- unprompted -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -72,7 +78,9 @@ class Predictor:
         for s in range(0, n, batch_size):
             chunk = slices[s:s + batch_size]
             x = np.stack([io.resize(sl, self.input_size, is_label=False) for sl in chunk])
-            probs = self.model.predict_probs(torch.from_numpy(x[:, None].astype(np.float32)).to(self.device))
+            with self._autocast():
+                probs = self.model.predict_probs(torch.from_numpy(x[:, None].astype(np.float32)).to(self.device))
+            probs = probs.float()
             # resize probabilities (not labels) back to the source grid, then argmax
             probs = torch.nn.functional.interpolate(probs, size=chunk.shape[1:], mode="bilinear", align_corners=False)
             out[s:s + len(chunk)] = probs.argmax(1).cpu().numpy().astype(np.uint8)
@@ -130,8 +138,9 @@ class Predictor:
         sx, sy = self.input_size / w, self.input_size / h
         coords = torch.tensor([[[x * sx, y * sy] for x, y, _ in points]], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[int(c) for _, _, c in points]], dtype=torch.long, device=self.device)
-        emb = self.model.encode(torch.from_numpy(x_in[None, None]).to(self.device))
         branches = (branch,) if branch else (1, 2)
-        probs = sum(self.model.decode(b, emb, coords, labels).softmax(1) for b in branches) / len(branches)
+        with self._autocast():
+            emb = self.model.encode(torch.from_numpy(x_in[None, None]).to(self.device))
+            probs = sum(self.model.decode(b, emb, coords, labels).float().softmax(1) for b in branches) / len(branches)
         probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)

@@ -46,11 +46,10 @@ class CPCObjective(nn.Module):
         gt = points_from_label_maps(yl, m.num_classes, rng).to(emb_l.device)
         coords, labels = gt.stacked()  # [2B]: centre points then random points
         emb2 = torch.cat([emb_l, emb_l])
-        y2 = torch.cat([yl, yl])
+        b = yl.shape[0]
         for branch in (1, 2):
             out = m.decode(branch, emb2, coords, labels)
-            b = yl.shape[0]
-            loss = loss + losses.supervised_prompted(out[:b], yl) + losses.supervised_prompted(out[b:], y2[b:])
+            loss = loss + losses.supervised_prompted(out[:b], yl) + losses.supervised_prompted(out[b:], yl)
         return loss
 
     def forward(self, xl: torch.Tensor, yl: torch.Tensor, xu: Optional[torch.Tensor], rng: np.random.Generator,
@@ -94,22 +93,24 @@ class CPCObjective(nn.Module):
         return {"loss": total, "loss_s": loss_s.detach(), "loss_cross": loss_cross.detach(), "loss_c": loss_c.detach()}
 
     def sequential_rounds(self, xl: torch.Tensor, yl: torch.Tensor, xu: torch.Tensor, rng: np.random.Generator):
-        """The official code's structure: three rounds, each with its own encoder pass.
+        """The official code's structure: three rounds per iteration, each with its own encoder
+        forward (over the whole batch) and its own backward and optimiser step.
 
-        Yields one loss per round; the caller runs backward and an optimiser step after each.
-        Round 1: L_s on the labeled batch. Round 2: D2 prompted from D1 supervises D1 (+ D2's
-        consistency). Round 3: the symmetric round for D2.
+        Yields one loss per round; the caller runs backward and a step after each. Round 1: L_s.
+        Round 2: decoder 2 prompted from decoder 1's prediction supervises decoder 1 (with decoder
+        2's consistency term). Round 3: the symmetric round. All prompted passes keep gradients.
         """
         m = self.model
-        emb = m.encode(xl)
-        yield self.supervised_loss(emb, m.decode(1, emb), m.decode(2, emb), yl, rng)
+        bl = xl.shape[0]
+        x = torch.cat([xl, xu])
+        emb = m.encode(x)
+        yield self.supervised_loss(emb[:bl], m.decode(1, emb)[:bl], m.decode(2, emb)[:bl], yl, rng)
         for src, dst in ((1, 2), (2, 1)):
-            emb = m.encode(xu)
+            emb = m.encode(x)[bl:]
             p_src = m.decode(src, emb)
-            with torch.no_grad():
-                pts = points_from_label_maps(p_src.argmax(1), m.num_classes, rng).to(emb.device)
-                c = m.decode(dst, emb, pts.center, pts.labels)
+            pts = points_from_label_maps(p_src.detach().argmax(1), m.num_classes, rng).to(emb.device)
+            c = m.decode(dst, emb, pts.center, pts.labels)
             r = m.decode(dst, emb, pts.random, pts.labels)
-            ens = losses.pseudo_label(losses.probs(c), losses.probs(r.detach()))
+            ens = losses.pseudo_label(losses.probs(c), losses.probs(r))
             yield (self.lambda_cross * 0.5 * losses.dice_ce(p_src, ens)
                    + self.lambda_consistency * 0.5 * losses.dice_ce(r, ens))
