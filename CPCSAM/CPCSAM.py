@@ -732,6 +732,7 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
         if not modelPath or not os.path.isfile(str(modelPath)):
             raise InputError(f"Model file {modelPath!r} does not exist.")
         cpcsamMrml.validate_volume(volumeNode, "volume to segment")
+        cpcsamMrml.check_target_segmentation(segmentationNode, overwrite)  # before any computation
         classes = self.modelClasses(modelPath)
         with tempfile.TemporaryDirectory(prefix="CPCSAM-apply-") as tmp:
             inputPath = cpcsamMrml.export_volume(volumeNode, Path(tmp) / "input.nrrd")

@@ -40,6 +40,7 @@ from .errors import InputError
 __all__ = [
     "export_job",
     "load_result",
+    "check_target_segmentation",
     "validate_volume",
     "volume_array",
     "volume_ijk_to_ras",
@@ -683,6 +684,23 @@ def _place_in_subject_hierarchy(scene, node, reference) -> None:
         sh.SetItemParent(item, parent)
 
 
+def check_target_segmentation(segmentation_node, overwrite: bool = False) -> None:
+    """Raise :class:`InputError` unless a result may be written into ``segmentation_node``.
+
+    ``None`` (a new node will be made) and an empty segmentation are fine; a segmentation that
+    already holds segments only with ``overwrite=True``. Callers check this before running a
+    prediction, so that nothing is computed for a result that would be refused.
+    """
+    if segmentation_node is None:
+        return
+    if not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"'{_name(segmentation_node)}' is not a segmentation node.")
+    if segmentation_node.GetSegmentation().GetNumberOfSegments() > 0 and not overwrite:
+        raise InputError(
+            f"Segmentation '{_name(segmentation_node)}' already has segments; CPC-SAM never "
+            "overwrites them silently: choose a new segmentation or allow overwriting.")
+
+
 def load_result(scene, seg_logic, label_path, reference_volume, classes, segmentation_node=None,
                 overwrite: bool = False, name: Optional[str] = None):
     """Load a label image into a segmentation node and return the node.
@@ -700,13 +718,7 @@ def load_result(scene, seg_logic, label_path, reference_volume, classes, segment
         raise InputError("load_result needs the MRML scene and the segmentations logic.")
     validate_volume(reference_volume, "reference volume")
     classes = _normalise_classes(classes)
-    if segmentation_node is not None:
-        if not segmentation_node.IsA("vtkMRMLSegmentationNode"):
-            raise InputError(f"'{_name(segmentation_node)}' is not a segmentation node.")
-        if segmentation_node.GetSegmentation().GetNumberOfSegments() > 0 and not overwrite:
-            raise InputError(
-                f"Segmentation '{_name(segmentation_node)}' already has segments; CPC-SAM never "
-                "overwrites them silently: choose a new segmentation or allow overwriting.")
+    check_target_segmentation(segmentation_node, overwrite)
 
     image = _read_label(label_path)
     import SimpleITK as sitk

@@ -88,9 +88,11 @@ def default_python_executable() -> str:
     exe = Path(sys.executable)
     name = "PythonSlicer.exe" if _IS_WINDOWS else "PythonSlicer"
     if exe.stem.lower() not in ("python", "python3", "pythonw") and not exe.stem.lower().startswith("python3"):
-        sibling = exe.with_name(name)
-        if sibling.is_file():
-            return str(sibling)
+        # Linux/Windows: bin/SlicerApp-real next to bin/PythonSlicer; macOS: Contents/MacOS/Slicer
+        # and Contents/bin/PythonSlicer
+        for candidate in (exe.with_name(name), exe.parent.parent / "bin" / name):
+            if candidate.is_file():
+                return str(candidate)
         found = shutil.which("PythonSlicer")
         if found:
             return found

@@ -314,3 +314,21 @@ def test_train_options_are_accepted_by_the_engine_cli(tmp_path):
         train_options(backbone="UNet")
     with pytest.raises(InputError, match="Unknown training option 'epochs'"):
         train_options(epochs=3)
+
+
+def test_python_slicer_is_found_next_to_the_slicer_executable(tmp_path, monkeypatch):
+    import CPCSAMLib.process as process_module
+
+    linux = tmp_path / "Slicer" / "bin"
+    linux.mkdir(parents=True)
+    (linux / "SlicerApp-real").write_text("")
+    (linux / "PythonSlicer").write_text("")
+    monkeypatch.setattr(process_module.sys, "executable", str(linux / "SlicerApp-real"))
+    assert default_python_executable() == str(linux / "PythonSlicer")
+    mac = tmp_path / "Slicer.app" / "Contents"
+    (mac / "MacOS").mkdir(parents=True)
+    (mac / "bin").mkdir()
+    (mac / "MacOS" / "Slicer").write_text("")
+    (mac / "bin" / "PythonSlicer").write_text("")
+    monkeypatch.setattr(process_module.sys, "executable", str(mac / "MacOS" / "Slicer"))
+    assert default_python_executable() == str(mac / "bin" / "PythonSlicer")

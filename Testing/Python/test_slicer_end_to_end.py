@@ -1,0 +1,239 @@
+"""End to end, as the Slicer module does it, with the real engine (LiteMedSAM, CPU).
+
+The module's logic class (``CPCSAM/CPCSAM.py``: ``CPCSAMLogic``) is loaded outside Slicer with
+stand-ins for the GUI-only modules (``qt``, ``ctk``, ``slicer.ScriptedLoadableModule``), on a real
+MRML scene from slicer-core: export 2 BUSI pairs + 1 unlabeled image, train 2 iterations in a
+real background process (``python -m CPCSAMLib train``), apply the model (``predict`` in a
+background process) and load the result into a segmentation node; then cancel a real training
+run and check that no process of its tree is left.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer")
+
+from CPCSAMLib import InputError, effect_logic, mrml  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks use /proc")
+
+CASES_LABELED = ("benign_001", "malignant_001")
+CASE_UNLABELED = "benign_002"
+
+
+# --------------------------------------------------------------------------------------------
+# the module's logic outside Slicer
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def cpcsam_module(monkeypatch, repo_root):
+    """``CPCSAM/CPCSAM.py`` imported with stand-ins for the modules only the Slicer app has."""
+    qt = types.ModuleType("qt")
+    ctk = types.ModuleType("ctk")
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            pass
+
+    class ScriptedLoadableModuleTest:
+        pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        setattr(slm, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "ctk", ctk)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setattr(slicer, "ScriptedLoadableModule", slm, raising=False)
+    spec = importlib.util.spec_from_file_location("CPCSAM_under_test", repo_root / "CPCSAM" / "CPCSAM.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.ENGINE_PARENT_DIR == str(repo_root)  # CPCSAMLib found at the top level
+    return module
+
+
+@pytest.fixture()
+def scene():
+    s = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(s)
+    s._cpcsam_seg_logic = logic
+    yield s
+    s.Clear(1)
+
+
+@pytest.fixture()
+def logic(cpcsam_module, scene):
+    return cpcsam_module.CPCSAMLogic(scene=scene, segmentationsLogic=scene._cpcsam_seg_logic,
+                                     pythonExecutable=sys.executable)
+
+
+def busi_volume(scene, busi_dir, case):
+    return mrml.add_volume_from_sitk(scene, sitk.ReadImage(str(busi_dir / "images" / f"{case}.png")), case)
+
+
+def busi_pair(scene, busi_dir, case, color=(0.9, 0.2, 0.1)):
+    volume = busi_volume(scene, busi_dir, case)
+    mask = mrml.add_volume_from_sitk(scene, sitk.ReadImage(str(busi_dir / "masks" / f"{case}.png")),
+                                     f"{case} mask", labelmap=True)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{case} segmentation")
+    seg.CreateDefaultDisplayNodes()
+    assert scene._cpcsam_seg_logic.ImportLabelmapToSegmentationNode(mask, seg)
+    segment = seg.GetSegmentation().GetNthSegment(0)
+    segment.SetName("lesion")
+    segment.SetColor(*color)
+    scene.RemoveNode(mask)
+    return volume, seg
+
+
+def segment_mask(scene, seg, volume):
+    with mrml._TemporaryNodes(scene):
+        lm = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        segment_id = seg.GetSegmentation().GetNthSegmentID(0)
+        assert scene._cpcsam_seg_logic.ExportSegmentsToLabelmapNode(
+            seg, [segment_id], lm, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+        return mrml.volume_array(lm) > 0
+
+
+def group_members(pgid: int):
+    """Live (not zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+# --------------------------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------------------------
+
+def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
+    pairs = [busi_pair(scene, busi_dir, case) for case in CASES_LABELED]
+    unlabeled = busi_volume(scene, busi_dir, CASE_UNLABELED)
+    job = tmp_path / "job"
+    items = []
+    t0 = time.time()
+    model = logic.train(pairs, [unlabeled], outputDir=job, iterations=2, batchSize=2, valEvery=2,
+                        device="CPU", progressCallback=items.append)
+    train_seconds = time.time() - t0
+    assert Path(model) == job / "model" / "model_best.pt" and Path(model).is_file()
+    assert logic.process.returncode == 0 and logic.process.error_message is None
+
+    events = [i for i in items if i.get("event") != "log"]
+    started = next(e for e in events if e["event"] == "started")
+    assert started["classes"] == ["lesion"] and started["num_labeled"] == 2 and started["num_unlabeled"] == 1
+    assert started["device"] == "cpu"
+    iterations = [e for e in events if e["event"] == "iteration"]
+    assert [e["iteration"] for e in iterations] == [1, 2]
+    assert all(np.isfinite(e["loss"]) for e in iterations)
+    assert events[-1]["event"] == "finished" and events[-1]["status"] == "completed"
+    manifest = json.loads((job / "manifest.json").read_text())
+    assert len(manifest["labeled"]) == 2 and len(manifest["unlabeled"]) == 1
+    job_json = json.loads((job / "job.json").read_text())
+    assert job_json["config"]["iterations"] == 2 and job_json["config"]["batch_size"] == 2
+
+    # Apply: a background `predict`, loaded into a NEW segmentation node next to the volume
+    before = scene.GetNumberOfNodes()
+    seg = logic.apply(model, unlabeled, device="CPU")
+    assert scene.GetNumberOfNodes() > before
+    assert seg.IsA("vtkMRMLSegmentationNode") and seg.GetName() == f"{CASE_UNLABELED} CPC-SAM"
+    segmentation = seg.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    assert segmentation.GetNthSegment(0).GetName() == "lesion"
+    assert segmentation.GetNthSegment(0).GetColor() == pytest.approx((0.9, 0.2, 0.1))  # from job.json
+
+    # the segment holds exactly what the engine's Predictor says for that image
+    from CPCSAMLib.infer import Predictor
+
+    predictor = Predictor.from_checkpoint(model, device="cpu")
+    expected = sitk.GetArrayFromImage(predictor.predict_image(mrml.sitk_image_from_volume(unlabeled))) == 1
+    got = segment_mask(scene, seg, unlabeled)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+    # never overwrite: a segmentation with segments is refused, unchanged
+    t0 = time.time()
+    with pytest.raises(InputError, match="never overwrites"):
+        logic.apply(model, unlabeled, segmentationNode=pairs[0][1], device="CPU")
+    assert time.time() - t0 < 5  # refused before any prediction runs
+    assert pairs[0][1].GetSegmentation().GetNthSegment(0).GetName() == "lesion"
+
+    # the Segment Editor effect's path: a click on the slice -> the real model's point-prompted mask
+    volume = mrml.volume_array(unlabeled)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(busi_dir / "masks" / f"{CASE_UNLABELED}.png"))) > 0
+    from CPCSAMLib.prompts import center_point, largest_component
+
+    x, y = center_point(largest_component(truth))
+    masks = effect_logic.segment_with_points(predictor.predict_slice_with_points, volume, 2, 0, [(x, y, 1)],
+                                             class_index=1, propagate_slices=3)
+    assert list(masks) == [0]  # a single-slice volume: nothing to propagate to
+    assert masks[0].shape == truth.shape and masks[0].dtype == bool
+    labelmap, (first, last) = effect_logic.labelmap_from_slices(volume.shape, 2, masks)
+    assert (first, last) == (0, 0) and labelmap.sum() == masks[0].sum()
+    print(f"\ntraining 2 iterations (with process start-up): {train_seconds:.1f} s")
+
+
+def test_engine_input_error_reaches_the_console_api(logic, scene, busi_dir, tmp_path):
+    pair = busi_pair(scene, busi_dir, CASES_LABELED[0])
+    unlabeled = busi_volume(scene, busi_dir, CASE_UNLABELED)
+    with pytest.raises(RuntimeError, match=r"exit code 2\).*batch-size must be >= 2"):
+        logic.train([pair], [unlabeled], outputDir=tmp_path / "job", iterations=2, batchSize=1, device="CPU")
+    assert logic.process.returncode == 2
+    assert logic.process.last_error_event["type"] == "InputError"
+
+
+def test_cancel_a_real_training_run(logic, scene, busi_dir, tmp_path):
+    pairs = [busi_pair(scene, busi_dir, case) for case in CASES_LABELED]
+    unlabeled = busi_volume(scene, busi_dir, CASE_UNLABELED)
+    process = logic.train(pairs, [unlabeled], outputDir=tmp_path / "job", waitForCompletion=False,
+                          iterations=1000, batchSize=2, valEvery=1000, device="CPU")
+    try:
+        deadline = time.time() + 240
+        seen = []
+        while time.time() < deadline and not any(i.get("event") == "started" for i in seen):
+            seen += process.poll()
+            assert process.is_running(), f"the engine stopped: {process.error_message}"
+            time.sleep(0.2)
+        assert any(i.get("event") == "started" for i in seen), "no 'started' event"
+        assert process.pid in group_members(process.pid)  # its own process group
+        code = process.cancel(timeout=180.0)
+    finally:
+        if process.is_running():
+            process.cancel(timeout=5.0)
+    assert code in (3, -signal.SIGTERM, -signal.SIGKILL), code
+    assert process.cancelled and not process.succeeded
+    assert group_members(process.pid) == []  # nothing of the tree is left
+    events = process.events + [i for i in process.poll() if i.get("event") != "log"]
+    if code == 3:  # the engine stopped between iterations and saved a checkpoint
+        finished = [e for e in events if e["event"] == "finished"]
+        assert finished and finished[-1]["status"] == "cancelled"
+        assert (tmp_path / "job" / "model" / "model_last.pt").is_file()
