@@ -696,14 +696,18 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
                              f"loss {item.get('loss')}")
             elif item.get("event") in ("started", "validation", "finished", "error"):
                 logging.info(f"CPC-SAM {item}")
-            app = getattr(slicer, "app", None)
-            if app is not None:
-                app.processEvents()
 
-        code = process.run(on_item=onItem, interval=0.2)
+        code = process.run(on_item=onItem, interval=0.2, on_poll=self._processEvents)
         if code != 0:
             raise RuntimeError(f"CPC-SAM training failed (exit code {code}): {process.error_message}")
         return str(Path(self.lastOutputDirectory) / "model" / "model_best.pt")
+
+    @staticmethod
+    def _processEvents():
+        """Keep Slicer's GUI alive while waiting for the engine (no-op outside the application)."""
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            app.processEvents()
 
     def cancel(self):
         if self.process is not None:
@@ -742,12 +746,7 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
             process = cpcsamProcess.EngineProcess(args, python_executable=self.enginePython(),
                                                   env=self.engineEnvironment(), cwd=tmp)
 
-            def onItem(item):
-                app = getattr(slicer, "app", None)
-                if app is not None:
-                    app.processEvents()
-
-            code = process.run(on_item=onItem, interval=0.1)
+            code = process.run(interval=0.1, on_poll=self._processEvents)
             if code != 0:
                 raise RuntimeError(f"CPC-SAM prediction failed (exit code {code}): {process.error_message}")
             return cpcsamMrml.load_result(self.scene, self.segmentationsLogic, outputPath, volumeNode, classes,

@@ -535,15 +535,18 @@ class EngineProcess:
 
     # ------------------------------------------------------------------ helpers
     def run(self, on_item: Optional[Callable[[dict], None]] = None, interval: float = 0.2,
-            timeout: Optional[float] = None) -> int:
+            timeout: Optional[float] = None, on_poll: Optional[Callable[[], None]] = None) -> int:
         """Start (if needed), poll until done (calling ``on_item`` for each item), return the code.
 
-        On ``timeout`` the process tree is cancelled and :class:`TimeoutError` raised.
+        ``on_poll`` is called at every poll (e.g. to let a GUI process its events). On
+        ``timeout`` the process tree is cancelled and :class:`TimeoutError` raised.
         """
         if self.process is None:
             self.start()
         start = time.time()
         while True:
+            if on_poll is not None:
+                on_poll()
             for item in self.poll():
                 if on_item is not None:
                     on_item(item)

@@ -159,8 +159,10 @@ def test_success_events_logs_and_exit_code(fake):
     finished = []
     proc.eventReceived.connect(received.append)
     proc.finished.connect(finished.append)
-    code = proc.start().run(interval=0.05, timeout=60)
+    polls = []
+    code = proc.start().run(interval=0.05, timeout=60, on_poll=lambda: polls.append(1))
     assert code == 0 and proc.succeeded and not proc.cancelled
+    assert len(polls) > 3  # the GUI hook runs while waiting
     assert proc.error_message is None
     kinds = [e["event"] for e in proc.events]
     assert kinds[0] == "started" and kinds[-1] == "finished"
