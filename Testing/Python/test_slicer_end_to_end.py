@@ -163,7 +163,9 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
 
     # Apply: a background `predict`, loaded into a NEW segmentation node next to the volume
     before = scene.GetNumberOfNodes()
+    t0 = time.time()
     seg = logic.apply(model, unlabeled, device="CPU")
+    apply_seconds = time.time() - t0
     assert scene.GetNumberOfNodes() > before
     assert seg.IsA("vtkMRMLSegmentationNode") and seg.GetName() == f"{CASE_UNLABELED} CPC-SAM"
     segmentation = seg.GetSegmentation()
@@ -174,8 +176,10 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     # the segment holds exactly what the engine's Predictor says for that image
     from CPCSAMLib.infer import Predictor
 
+    t0 = time.time()
     predictor = Predictor.from_checkpoint(model, device="cpu")
     expected = sitk.GetArrayFromImage(predictor.predict_image(mrml.sitk_image_from_volume(unlabeled))) == 1
+    predictor_seconds = time.time() - t0
     got = segment_mask(scene, seg, unlabeled)
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
@@ -199,7 +203,8 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     assert masks[0].shape == truth.shape and masks[0].dtype == bool
     labelmap, (first, last) = effect_logic.labelmap_from_slices(volume.shape, 2, masks)
     assert (first, last) == (0, 0) and labelmap.sum() == masks[0].sum()
-    print(f"\ntraining 2 iterations (with process start-up): {train_seconds:.1f} s")
+    print(f"\ntrain 2 iterations (with process start-up) {train_seconds:.1f} s, apply {apply_seconds:.1f} s, "
+          f"in-process Predictor load + predict {predictor_seconds:.1f} s")
 
 
 def test_engine_input_error_reaches_the_console_api(logic, scene, busi_dir, tmp_path):
