@@ -26,6 +26,10 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--lora-rank", type=int, default=4, help="LoRA rank on q and v (default 4)")
     g.add_argument("--decoder-init", choices=["random", "pretrained"], default="pretrained" if demo else "random",
                    help="decoders initialised randomly (paper) or from SAM's decoder (official code)")
+    g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=demo,
+                   help="fast CPU mode: no LoRA; the encoder runs once per image (embeddings cached)")
+    g.add_argument("--cache-views", type=int, default=4 if demo else 2,
+                   help="frozen-encoder mode: cached views per image (original + augmented copies)")
     g = p.add_argument_group("training")
     g.add_argument("--method", choices=METHODS, default="cpcsam",
                    help="cpcsam (paper); ablations cross_prompting (no consistency), cps (no prompts); "
@@ -70,6 +74,7 @@ def _config(args) -> "TrainConfig":  # noqa: F821
         device=args.device, precision=args.precision, num_threads=args.threads, augment=not args.no_augment,
         percentiles=list(args.percentiles) if args.percentiles else None,
         axis=getattr(args, "axis", None), max_minutes=args.max_minutes, resume=getattr(args, "resume", False),
+        freeze_encoder=args.freeze_encoder, cache_views=args.cache_views,
     )
 
 

@@ -63,6 +63,8 @@ class Predictor:
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: tensor shapes do not match the model ({str(exc)[:200]})") from exc
         dev = select_device(device)
+        if dev.type == "cpu":
+            torch.set_flush_denormal(True)
         return cls(model.to(dev), card, dev, precision)
 
     def _autocast(self):

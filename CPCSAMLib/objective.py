@@ -54,11 +54,12 @@ class CPCObjective(nn.Module):
 
     def forward(self, xl: torch.Tensor, yl: torch.Tensor, xu: Optional[torch.Tensor], rng: np.random.Generator,
                 supervised_only: bool = False) -> Dict[str, torch.Tensor]:
+        """``xl``/``xu``: images ``[B, 1, S, S]``, or precomputed embeddings ``[B, D, h, w]`` (frozen-encoder mode)."""
         m = self.model
         use_unlabeled = xu is not None and xu.shape[0] > 0 and not supervised_only and self.method != "supervised"
         bl = xl.shape[0]
         x = torch.cat([xl, xu]) if use_unlabeled else xl
-        emb = m.encode(x)  # the only encoder pass of the step
+        emb = x.float() if x.shape[1] != 1 else m.encode(x)  # the only encoder pass of the step
         p1 = m.decode(1, emb)
         p2 = m.decode(2, emb)
         loss_s = self.supervised_loss(emb[:bl], p1[:bl], p2[:bl], yl, rng)

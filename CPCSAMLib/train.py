@@ -59,6 +59,8 @@ class TrainConfig:
     axis: Optional[int] = None
     max_minutes: Optional[float] = None  # stop (and save) after this much training time
     resume: bool = False
+    freeze_encoder: bool = False  # fast CPU mode: no LoRA, embeddings computed once and cached
+    cache_views: int = 2  # frozen-encoder mode: the original + (views - 1) augmented copies per slice
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -235,6 +237,52 @@ def evaluate_slices(model, slices: ds.SliceSet, class_names: List[str], device, 
     return out
 
 
+class EmbeddingCache:
+    """Frozen-encoder mode: image embeddings of each slice, computed once (``views`` per slice: the
+    original and augmented copies, labels augmented jointly), stored in bf16/fp16."""
+
+    def __init__(self, model, slices: ds.SliceSet, views: int, rng: np.random.Generator, device, amp_dtype,
+                 batch_size: int = 8, on_progress: Optional[Callable[[int, int], None]] = None) -> None:
+        n = len(slices)
+        views = max(1, views)
+        store = torch.bfloat16 if device.type == "cpu" else torch.float16
+        self.embeddings: Optional[torch.Tensor] = None
+        self.labels = None if slices.labels is None else np.empty((n, views) + slices.labels.shape[1:], np.uint8)
+        self.views = views
+        model.eval()
+        done = 0
+        with torch.no_grad():
+            for v in range(views):
+                for s in range(0, n, batch_size):
+                    imgs = []
+                    for i in range(s, min(n, s + batch_size)):
+                        img = slices.images[i]
+                        lab = slices.labels[i] if slices.labels is not None else None
+                        if v > 0:
+                            img, lab = ds.augment(img, lab, rng)
+                        imgs.append(img)
+                        if lab is not None:
+                            self.labels[i, v] = lab
+                    x = torch.from_numpy(np.stack(imgs)[:, None].astype(np.float32)).to(device)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        emb = model.encode(x)
+                    if self.embeddings is None:
+                        self.embeddings = torch.empty((n, views) + tuple(emb.shape[1:]), dtype=store, device=device)
+                    self.embeddings[s:s + len(imgs), v] = emb.to(store)
+                    done += len(imgs)
+                    if on_progress:
+                        on_progress(done, n * views)
+        model.train()
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator):
+        v = rng.integers(0, self.views, size=len(idx))
+        emb = self.embeddings[torch.as_tensor(idx), torch.as_tensor(v)].float()
+        lab = None
+        if self.labels is not None:
+            lab = torch.from_numpy(self.labels[idx, v].astype(np.int64)).to(emb.device)
+        return emb, lab
+
+
 def _model_card(cfg: TrainConfig, classes: List[ds.ClassInfo], model, iteration: int, val: Optional[dict]) -> dict:
     return {
         "backbone": cfg.backbone,
@@ -244,6 +292,7 @@ def _model_card(cfg: TrainConfig, classes: List[ds.ClassInfo], model, iteration:
         "input_size": model.input_size,
         "lora_rank": cfg.lora_rank,
         "decoder_init": cfg.decoder_init,
+        "freeze_encoder": cfg.freeze_encoder,
         "axis": cfg.axis,
         "percentiles": cfg.percentiles,
         "iteration": iteration,
@@ -348,12 +397,15 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
         device = select_device(cfg.device)
     if device.type == "cpu":
         tune_allocator()
+        torch.set_flush_denormal(True)  # measured: a cached-embedding fp32 step 15.4 s -> 3.3 s
         torch.set_num_threads(cfg.num_threads or max(1, os.cpu_count() or 1))
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng(cfg.seed + 7919 * rank)
 
     model = DualBranchSAM(backbone, num_classes, cfg.lora_rank, cfg.decoder_init, cfg.seed).to(device)
     del backbone
+    if cfg.freeze_encoder:
+        model.freeze_encoder()
     objective = CPCObjective(model, cfg.method, cfg.lambda_cross, cfg.lambda_consistency)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -405,6 +457,15 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
                 num_validation=0 if val is None else len(val), method=cfg.method, backbone=cfg.backbone,
                 batch_size=cfg.batch_size, world_size=world, output=str(output_dir))
 
+    lab_cache = unl_cache = None
+    if cfg.freeze_encoder:
+        t_cache = time.time()
+        lab_cache = EmbeddingCache(model, labeled, cfg.cache_views, rng, device, amp_dtype, cfg.val_batch_size)
+        if bu and unlabeled is not None and len(unlabeled):
+            unl_cache = EmbeddingCache(model, unlabeled, cfg.cache_views, rng, device, amp_dtype, cfg.val_batch_size)
+        events.emit("cached", slices=len(labeled) + (0 if unl_cache is None else len(unlabeled)),
+                    views=cfg.cache_views, seconds=round(time.time() - t_cache, 1))
+
     bar = None
     show_bar = progress if progress is not None else (main and sys.stderr.isatty())
     if show_bar:
@@ -435,12 +496,16 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
             lr = learning_rate(cfg, it)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            xl, yl = _batch(labeled, lab_cycle.take(bl), rng, cfg.augment, device)
-            xu = None
-            if bu and unl_cycle is not None:
-                xu, _ = _batch(unlabeled, unl_cycle.take(bu), rng, cfg.augment, device)
+            if lab_cache is not None:
+                xl, yl = lab_cache.batch(lab_cycle.take(bl), rng)
+                xu = unl_cache.batch(unl_cycle.take(bu), rng)[0] if unl_cache is not None else None
+            else:
+                xl, yl = _batch(labeled, lab_cycle.take(bl), rng, cfg.augment, device)
+                xu = None
+                if bu and unl_cycle is not None:
+                    xu, _ = _batch(unlabeled, unl_cycle.take(bu), rng, cfg.augment, device)
             supervised_only = it < cfg.supervised_iters
-            if cfg.update == "sequential" and not supervised_only and xu is not None:
+            if cfg.update == "sequential" and not supervised_only and xu is not None and lab_cache is None:
                 parts = []
                 for loss in objective.sequential_rounds(xl, yl, xu, rng):
                     optimizer.zero_grad(set_to_none=True)

@@ -53,9 +53,15 @@ class DualBranchSAM(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict:
-        """State of the parameters that training changes (LoRA, prompt encoder, decoders)."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+        """State of the parts that training may change: LoRA, prompt encoder, decoders."""
+        return {k: v for k, v in self.state_dict().items()
+                if ".lora_" in k or k.startswith(("prompt_encoder.", "decoder1.", "decoder2."))}
+
+    def freeze_encoder(self) -> None:
+        """Frozen-encoder mode: LoRA stays at its initial (identity) state and is not trained."""
+        for layer in self.lora_layers:
+            for p in layer.parameters():
+                p.requires_grad_(False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 1, S, S]`` in [0, 1] -> normalised 3-channel encoder input."""

@@ -184,3 +184,25 @@ def test_sigterm_stops_cleanly_after_saving(small_manifest, tmp_path):
     assert finished and finished[-1]["status"] == "cancelled"
     assert (out / "model_last.pt").is_file()
     assert torch.load(out / "model_last.pt", weights_only=True)["iteration"] >= 1
+
+
+def test_frozen_encoder_mode_caches_embeddings_and_predicts(small_manifest, tmp_path, busi_dir):
+    out = tmp_path / "out"
+    r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 2, "--batch-size", 2,
+             "--val-every", 2, "--no-progress", "--freeze-encoder", "--cache-views", 2, "--decoder-init", "pretrained")
+    assert r.returncode == 0, r.stderr
+    events = read_events(out / "events.jsonl")
+    cached = [e for e in events if e["event"] == "cached"]
+    assert cached and cached[0]["slices"] == 4 and cached[0]["views"] == 2
+    assert events[-1]["event"] == "finished" and events[-1]["iteration"] == 2
+    payload = torch.load(out / "model_best.pt", weights_only=True)
+    card = json.loads(payload["model_card"])
+    assert card["freeze_encoder"] is True and card["decoder_init"] == "pretrained"
+    lora = {k: v for k, v in payload["state_dict"].items() if ".lora_b_" in k}
+    assert lora and all(torch.count_nonzero(v) == 0 for v in lora.values())  # LoRA untouched: identity
+    from CPCSAMLib.infer import Predictor
+
+    p = Predictor.from_checkpoint(out / "model_best.pt", "cpu")
+    name = (busi_dir / "val.txt").read_text().split()[0]
+    dst = p.predict_file(busi_dir / "images" / name, tmp_path / "pred.png")
+    assert dst.is_file()
