@@ -47,7 +47,7 @@ from .errors import Cancelled, InputError
 
 TRAINED = ("supervised", "cpcsam", "cross_prompting", "cps")
 ALL_METHODS = ("supervised", "cpcsam", "cross_prompting", "cps", "zeroshot")
-EXPLORATIONS = ("fp32", "bf16", "fp32_1thread", "bf16_1thread", "omp_passive", "channels_last", "compile",
+EXPLORATIONS = ("fp32", "bf16", "fp32_1thread", "bf16_1thread", "omp_wait_policy", "channels_last", "compile",
                 "cached_embeddings")
 ROW_ORDER = ("supervised", "cps", "cross_prompting", "cpcsam")
 CLASSES = [{"name": "lesion", "value": 255}]
@@ -532,7 +532,12 @@ def _measure(spec: dict, out: Path, name: str, timeout: float) -> dict:
     spec = dict(spec, result=str(logs / f"{name}.result.json"))
     spec_path = write_json(logs / f"{name}.spec.json", spec)
     Path(spec["result"]).unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **spec.get("env", {})}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for key, value in spec.get("env", {}).items():  # None: unset
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     env["OMP_NUM_THREADS"] = str(spec["threads"])
     t0 = time.time()
     with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
@@ -579,8 +584,9 @@ def _exploration_specs(args, plan: Plan, default_precision: str, threads: int) -
             precision = name
         elif name in ("fp32_1thread", "bf16_1thread"):
             precision, t = name.split("_")[0], 1
-        elif name == "omp_passive":  # OpenMP threads sleep instead of spinning while they wait
-            extra["env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
+        elif name == "omp_wait_policy":  # the other OpenMP wait policy than this run's (PASSIVE: sleep, no spinning)
+            passive = (os.environ.get("OMP_WAIT_POLICY") or "").upper() == "PASSIVE"
+            extra["env"] = {"OMP_WAIT_POLICY": None if passive else "PASSIVE"}
         elif name == "channels_last":
             extra["channels_last"] = True
         elif name == "compile":
@@ -1015,11 +1021,12 @@ def _exploration_lines(data: dict) -> List[str]:
     if not ex:
         return ["Not measured (--no-speed or --explore none)."]
     ref = (sp.get("engine") or {}).get("seconds_per_step")
+    cores = (sp.get("machine") or {}).get("cores")
     lines = ["| configuration | s/step | images/s | vs engine default | peak RSS (MiB) | load avg | note |",
              "|---|---|---|---|---|---|---|"]
     descr = {"fp32": "fp32", "bf16": "bf16 autocast", "fp32_1thread": "fp32, 1 thread",
              "bf16_1thread": "bf16 autocast, 1 thread",
-             "omp_passive": "OMP_WAIT_POLICY=PASSIVE (default precision and threads)", "channels_last": "channels_last encoder + input (default precision)",
+             "omp_wait_policy": "OMP_WAIT_POLICY", "channels_last": "channels_last encoder + input (default precision)",
              "compile": "torch.compile of encoder and decoders (default precision)",
              "cached_embeddings": "decoder-only step on cached embeddings (encoder frozen, no LoRA)"}
     for name in EXPLORATIONS:
@@ -1028,12 +1035,18 @@ def _exploration_lines(data: dict) -> List[str]:
             continue
         cfg = row.get("config", {})
         label = f"{descr[name]} [{cfg.get('precision')}, {cfg.get('threads')} thr]"
+        if name == "omp_wait_policy":
+            policy = (cfg.get("env") or {}).get("OMP_WAIT_POLICY")
+            label = (f"OMP_WAIT_POLICY={policy}" if policy else "OMP_WAIT_POLICY unset (GNU OpenMP default: spin first)") \
+                + f" [{cfg.get('precision')}, {cfg.get('threads')} thr]"
         if "error" in row:
             lines.append(f"| {label} | failed | | | {_f(row.get('peak_rss_mb'), 0)} | {_load_text(row)} | "
                          f"{row['error'][:200]} |")
             continue
         s = row.get("seconds_per_step")
         note = []
+        if _contended(row, cores):
+            note.append(f"**contended** (load {_load_text(row)} on {cores} cores)")
         if row.get("reused"):
             note.append("same as the speed table's engine step")
         if name == "compile" and row.get("warmup_seconds"):
@@ -1043,44 +1056,65 @@ def _exploration_lines(data: dict) -> List[str]:
         lines.append(f"| {label} | {_f(s)} | {_f(row.get('images_per_second'))} | "
                      f"{_f(ref / s) + 'x' if ref and s else 'n/a'} | {_f(row.get('peak_rss_mb'), 0)} | "
                      f"{_load_text(row)} | {'; '.join(note)} |")
-    lines += _load_warning(ex.values(), (sp.get("machine") or {}).get("cores"))
+    lines += _load_warning(ex.values(), cores)
     lines += ["", "Each row is measured in its own process on the speed table's batch (median of the timed steps "
               "after the warm-up); 'vs engine default' > 1 means faster than the engine's default step."]
-    lines += ["", "What the numbers support:"] + [f"- {s}" for s in _exploration_findings(ex, ref)]
+    lines += ["", "What the numbers support:"] + [f"- {s}" for s in _exploration_findings(ex, ref, sp, cores)]
     return lines
 
 
-def _exploration_findings(ex: dict, ref: Optional[float]) -> List[str]:
+def _contended(row: dict, cores: Optional[int]) -> bool:
+    loads = [v for v in (row.get("loadavg_before"), row.get("loadavg_after")) if v is not None]
+    return bool(cores and loads and max(loads) > cores + 0.5)
+
+
+def _exploration_findings(ex: dict, ref: Optional[float], sp: Optional[dict] = None,
+                          cores: Optional[int] = None) -> List[str]:
     def s(name):
         r = ex.get(name) or {}
         return None if "error" in r else r.get("seconds_per_step")
 
     out = []
+
+    def c(*names):  # marks a finding that rests on a contended measurement
+        bad = [n for n in names if _contended(ex.get(n) or {}, cores)]
+        return f" [contended: {', '.join(bad)}; unreliable]" if bad else ""
+
+    noisy = [n for n, r in ex.items() if _contended(r, cores)]
+    if sp and sp.get("engine") and _contended(sp["engine"], cores):
+        noisy.append("engine default")
+    if noisy:
+        out.append(f"Measured while other processes loaded the CPU: {', '.join(noisy)}. Comparisons that involve "
+                   "them are unreliable; rerun those rows on an idle machine (delete their entries from "
+                   "results/exploration.json, or --force).")
     if s("fp32") and s("bf16"):
         out.append(f"bf16 autocast vs fp32: {s('fp32') / s('bf16'):.2f}x "
-                   f"({'keep' if s('bf16') < s('fp32') else 'reconsider'} precision=auto -> bf16 on this CPU).")
+                   f"({'keep' if s('bf16') < s('fp32') else 'reconsider'} precision=auto -> bf16 on this CPU)."
+                   + c("fp32", "bf16"))
     for p in ("fp32", "bf16"):
         if s(p) and s(f"{p}_1thread"):
             out.append(f"{p}: all threads vs 1 thread: {s(p + '_1thread') / s(p):.2f}x faster with all threads "
-                       f"(2 cores ideal: 2x).")
-    if ref and s("omp_passive"):
-        v = ref / s("omp_passive")
-        out.append(f"OMP_WAIT_POLICY=PASSIVE: {v:.2f}x vs the default spinning wait policy (with other processes on "
-                   "the cores, spinning OpenMP threads collapse; compare the load averages).")
+                       f"(2 cores ideal: 2x)." + c(p, p + "_1thread"))
+    if ref and s("omp_wait_policy"):
+        policy = ((ex["omp_wait_policy"].get("config") or {}).get("env") or {}).get("OMP_WAIT_POLICY")
+        passive_gain = ref / s("omp_wait_policy") if policy else s("omp_wait_policy") / ref
+        out.append(f"OMP_WAIT_POLICY=PASSIVE vs unset: {passive_gain:.2f}x on this run's load (on an idle machine "
+                   "they are about equal; with other processes on the cores the default spinning threads collapse: "
+                   "export OMP_WAIT_POLICY=PASSIVE on shared machines)." + c("omp_wait_policy"))
     if ref and s("channels_last"):
         v = ref / s("channels_last")
         out.append(f"channels_last: {v:.2f}x vs default ({'a gain' if v > 1.05 else 'no clear gain'}; "
-                   "TinyViT has convolutions only in its first stage).")
+                   "TinyViT has convolutions only in its first stage)." + c("channels_last"))
     if "compile" in ex:
         if s("compile") and ref:
             out.append(f"torch.compile: {ref / s('compile'):.2f}x per step after compilation "
-                       f"({'worth it only for long runs' if ref / s('compile') > 1.05 else 'no gain'}).")
+                       f"({'worth it only for long runs' if ref / s('compile') > 1.05 else 'no gain'})." + c("compile"))
         else:
             out.append(f"torch.compile: failed or too slow here ({(ex['compile'].get('error') or '')[:120]}).")
     if ref and s("cached_embeddings"):
         out.append(f"cached embeddings: decoder-only step {s('cached_embeddings'):.2f} s = {ref / s('cached_embeddings'):.1f}x "
                    "faster, but it freezes the encoder (no LoRA) and fixes the augmentation: a different method, "
-                   "not a drop-in speed-up.")
+                   "not a drop-in speed-up." + c("cached_embeddings"))
     out.append("Engine defaults were not changed by the benchmark.")
     return out
 
@@ -1213,12 +1247,13 @@ def build_report(out: Path, args=None) -> str:
         L.append(f"| {row[0]} | {row[1]} | {row[2]:.2f} | {row[3]:.2f} | {row[4]:.2f} | {row[5]:.2f} |")
     if trained:
         L += ["", "Training speed in the runs above (median seconds per iteration, from the training events):", "",
-              "| Method | #Lab | s/iteration | images/s | inference s/image | status | load avg before / after |",
-              "|---|---|---|---|---|---|---|"]
+              "| Method | #Lab | s/iteration | images/s | inference s/image | status | process peak RSS (MiB) "
+              "| load avg before / after |", "|---|---|---|---|---|---|---|---|"]
         for d in trained:
             L.append(f"| {SHORT[d['method']]} | {d['num_labeled']} | {_f(d.get('seconds_per_iteration'))} | "
                      f"{_f(d.get('images_per_second'))} | {_f(d.get('inference_seconds_per_image'))} | {d['status']} | "
-                     f"{_load_text(d)} |")
+                     f"{_f(d.get('process_peak_rss_mb'), 0)} | {_load_text(d)} |")
+        L += ["", "Process peak RSS: the benchmark process so far (the methods train one after the other in it)."]
     L += ["", "## Speed: engine step vs the official code's structure", ""] + _speed_lines(data.get("speed"))
     L += ["", "## Exploration (engine step, same batch)", ""] + _exploration_lines(data)
     L += ["", "## Targets of issue 4", "", "| target | measured | met |", "|---|---|---|"]
