@@ -726,7 +726,9 @@ def run_zeroshot(args, plan: Plan) -> Optional[dict]:
     amp = autocast_dtype(args.precision, device)
     torch.set_num_threads(_threads(args))
     bb = build_backbone("litemedsam")
-    enc, pe, dec = bb.image_encoder.to(device).eval(), bb.prompt_encoder.to(device).eval(), bb.mask_decoder.to(device).eval()
+    enc = bb.image_encoder.to(device).eval()
+    pe = bb.prompt_encoder.to(device).eval()
+    dec = bb.mask_decoder.to(device).eval()
     size = bb.input_size
     mean = torch.tensor(bb.pixel_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(bb.pixel_std, device=device).view(1, 3, 1, 1)
@@ -914,9 +916,11 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
                                                                       if step_seconds else None),
         "images_per_second": args.batch_size / med if med else None,
         "inference_seconds_per_image": s_per_image, "best_val_dice": result.best_dice,
-        "process_peak_rss_mb": _peak_rss_mb(), "loadavg_before": load_before, "loadavg_after": _loadavg(), "device": str(predictor_device(args.device)),
+        "process_peak_rss_mb": _peak_rss_mb(), "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        "device": str(predictor_device(args.device)),
         "cores": machine_info()["cores"], "metrics": metrics, "history": result.history,
-        "model": result.model, "cases_csv": _write_cases(rows, plan.out, key), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "model": result.model, "cases_csv": _write_cases(rows, plan.out, key),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     write_json(path, out)
     _log(f"{key}: DSC {metrics['dice']:.2f} JC {metrics['jaccard']:.2f} after {result.iteration} iterations "
@@ -1037,8 +1041,8 @@ def _exploration_lines(data: dict) -> List[str]:
         label = f"{descr[name]} [{cfg.get('precision')}, {cfg.get('threads')} thr]"
         if name == "omp_wait_policy":
             policy = (cfg.get("env") or {}).get("OMP_WAIT_POLICY")
-            label = (f"OMP_WAIT_POLICY={policy}" if policy else "OMP_WAIT_POLICY unset (GNU OpenMP default: spin first)") \
-                + f" [{cfg.get('precision')}, {cfg.get('threads')} thr]"
+            label = f"OMP_WAIT_POLICY={policy}" if policy else "OMP_WAIT_POLICY unset (GNU OpenMP default: spin first)"
+            label += f" [{cfg.get('precision')}, {cfg.get('threads')} thr]"
         if "error" in row:
             lines.append(f"| {label} | failed | | | {_f(row.get('peak_rss_mb'), 0)} | {_load_text(row)} | "
                          f"{row['error'][:200]} |")
@@ -1112,7 +1116,8 @@ def _exploration_findings(ex: dict, ref: Optional[float], sp: Optional[dict] = N
         else:
             out.append(f"torch.compile: failed or too slow here ({(ex['compile'].get('error') or '')[:120]}).")
     if ref and s("cached_embeddings"):
-        out.append(f"cached embeddings: decoder-only step {s('cached_embeddings'):.2f} s = {ref / s('cached_embeddings'):.1f}x "
+        out.append(f"cached embeddings: decoder-only step {s('cached_embeddings'):.2f} s = "
+                   f"{ref / s('cached_embeddings'):.1f}x "
                    "faster, but it freezes the encoder (no LoRA) and fixes the augmentation: a different method, "
                    "not a drop-in speed-up." + c("cached_embeddings"))
     out.append("Engine defaults were not changed by the benchmark.")
@@ -1231,7 +1236,8 @@ def build_report(out: Path, args=None) -> str:
     for d in trained:
         mm = d["metrics"]
         L.append(f"| {d['title']} | {d['num_labeled']}/{d['num_train']} | {_metric_cells(mm)} | "
-                 f"{mm['empty_predictions']}/{mm['cases']} | {d['iterations_done']} ({d['budget']['schedule_iterations']})"
+                 f"{mm['empty_predictions']}/{mm['cases']} | "
+                 f"{d['iterations_done']} ({d['budget']['schedule_iterations']})"
                  f"{'' if d['status'] == 'completed' else ' ' + d['status']} | {d['train_seconds'] / 60:.1f} |")
     if not zs and not trained:
         L.append("| (no method results yet) | | | | | | | | |")
