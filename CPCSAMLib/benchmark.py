@@ -132,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--supervised-iters", type=int, default=0)
     g.add_argument("--val-every", type=int, default=None, help="with --val-list: default iterations/5")
     g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=False,
+                   help="the engine's fast CPU mode for every trained method: no LoRA, embeddings cached once")
+    g.add_argument("--cache-views", type=int, default=2, help="frozen-encoder mode: cached views per image")
     g = parser.add_argument_group("speed")
     g.add_argument("--speed-only", action="store_true", help="only the speed and exploration tables")
     g.add_argument("--no-speed", action="store_true", help="no speed or exploration measurement")
@@ -410,6 +413,8 @@ def _run_worker(spec: dict) -> dict:
     torch.manual_seed(spec["seed"])
     rng = np.random.default_rng(spec["seed"])
     device = select_device(spec["device"])
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as the engine's training loop and Predictor do
     amp = _amp(spec["precision"])
     kind = spec["kind"]
     t0 = time.perf_counter()
@@ -453,14 +458,23 @@ def _run_worker(spec: dict) -> dict:
         if spec.get("compile"):
             for name in ("image_encoder", "decoder1", "decoder2"):
                 getattr(model, name).compile()
-        if kind == "cached":
+        if kind == "cached":  # the engine's frozen-encoder mode: no LoRA, embeddings computed once
+            if hasattr(model, "freeze_encoder"):
+                model.freeze_encoder()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                          weight_decay=0.1)
             with torch.no_grad(), autocast():
                 _sync(device)
                 t = time.perf_counter()
                 emb = model.encode(torch.cat([xl, xu])).detach()
                 _sync(device)
             result["encode_seconds_per_image"] = (time.perf_counter() - t) / (xl.shape[0] + xu.shape[0])
-            model.encode = lambda images: emb  # the step's one encoder pass now reads the cache
+            emb = emb.to(torch.bfloat16 if device.type == "cpu" else torch.float16)  # stored as the engine does
+            bl = xl.shape[0]
+            if objective_accepts_embeddings():
+                xl, xu = emb[:bl].float(), emb[bl:].float()  # CPCObjective takes embeddings directly
+            else:
+                model.encode = lambda images: emb.float()  # older engine: the step's encoder pass reads the cache
 
         def engine_step():
             optimizer.zero_grad(set_to_none=True)
@@ -506,6 +520,13 @@ def _run_worker(spec: dict) -> dict:
         result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 1024 ** 2
     result.update(device=str(device), precision=spec["precision"], threads=torch.get_num_threads())
     return result
+
+
+def objective_accepts_embeddings() -> bool:
+    """Whether the engine has the frozen-encoder mode (``CPCObjective.forward`` then takes embeddings)."""
+    from . import train
+
+    return hasattr(train, "EmbeddingCache")
 
 
 def _worker_main(spec_path: str) -> int:
@@ -797,25 +818,39 @@ def run_zeroshot(args, plan: Plan) -> Optional[dict]:
 
 
 def _estimate_iterations(args, plan: Plan, speed: Optional[dict]) -> tuple[int, str]:
-    """Schedule length for a ``--minutes`` budget without ``--iterations``, from the CPC-SAM step time."""
-    step = None
+    """Schedule length for a ``--minutes`` budget without ``--iterations``, from the CPC-SAM step time
+    (the decoder-only step and the caching time with ``--freeze-encoder``)."""
+    precision = _resolved_precision(args.precision, args.device)
+    frozen = bool(args.freeze_encoder)
+    row = None
     source = ""
-    if speed and speed.get("engine", {}).get("seconds_per_step") and speed.get("batch_size") == args.batch_size \
-            and speed.get("precision") == _resolved_precision(args.precision, args.device):
-        step = speed["engine"]["seconds_per_step"]
-        source = "the speed table's engine step"
-    if step is None:
+    if frozen:
+        ex = (read_json(plan.out / "results" / "exploration.json") or {}).get("rows", {})
+        cand = ex.get("cached_embeddings") or {}
+        if "error" not in cand and cand.get("batch_size") == args.batch_size and cand.get("precision") == precision:
+            row, source = cand, "the exploration's cached-embedding step"
+    elif speed and speed.get("engine", {}).get("seconds_per_step") and speed.get("batch_size") == args.batch_size \
+            and speed.get("precision") == precision:
+        row, source = speed["engine"], "the speed table's engine step"
+    if row is None or not row.get("seconds_per_step"):
         _log("calibrating the step time for the --minutes budget (1 warm-up + 2 steps)")
-        spec = _base_spec(args, plan, "engine", _resolved_precision(args.precision, args.device), _threads(args))
+        spec = _base_spec(args, plan, "cached" if frozen else "engine", precision, _threads(args))
         spec.update(warmup=1, repeats=2)
-        r = _measure(spec, plan.out, "calibration", args.worker_timeout)
-        step = r.get("seconds_per_step")
+        row = _measure(spec, plan.out, "calibration", args.worker_timeout)
         source = "a calibration of 2 steps"
-        if not step:
-            raise RuntimeError(f"could not time a training step to size the --minutes budget: {r.get('error')}")
+        if not row.get("seconds_per_step"):
+            raise RuntimeError(f"could not time a training step to size the --minutes budget: {row.get('error')}")
+    step = row["seconds_per_step"]
     usable = args.minutes * 60.0 * 0.9  # loading, batch assembly, augmentation, checkpoints
+    if frozen and row.get("encode_seconds_per_image"):
+        first = next(iter(plan.labeled.values()))
+        n_unl = len(plan.train) - len(first)
+        n_images = len(first) + (min(n_unl, args.max_unlabeled) if args.max_unlabeled else n_unl)
+        usable -= n_images * max(1, args.cache_views) * row["encode_seconds_per_image"]
     if plan.val is not None and speed and speed.get("inference", {}).get("seconds_per_slice"):
         usable -= 5 * len(plan.val) * speed["inference"]["seconds_per_slice"]
+    if usable <= 0:
+        raise InputError(f"--minutes {args.minutes:g} does not even cover loading and caching here; give more time")
     return max(1, int(usable / step)), f"{source} ({step:.2f} s at batch {args.batch_size})"
 
 
@@ -830,8 +865,20 @@ def _train_config(args, method: str, iterations: int):
         decoder_init=args.decoder_init, update="combined", supervised_iters=args.supervised_iters,
         val_every=val_every, save_every=max(val_every, 50), seed=args.seed, device=args.device,
         precision=args.precision, num_threads=args.threads, augment=not args.no_augment,
-        max_minutes=args.minutes,
+        max_minutes=args.minutes, **_frozen_options(args),
     )
+
+
+def _frozen_options(args) -> dict:
+    """``freeze_encoder``/``cache_views`` for engines that have the frozen-encoder mode."""
+    from .train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not args.freeze_encoder:
+        return {}
+    if "freeze_encoder" not in fields:
+        raise InputError("--freeze-encoder: this engine has no frozen-encoder mode")
+    return {"freeze_encoder": True, "cache_views": args.cache_views}
 
 
 def evaluate_predictor(predictor, plan: Plan, key: str) -> tuple[List[dict], float]:
@@ -862,6 +909,7 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
         old = read_json(path) or {}
         if old.get("budget", {}).get("batch_size") != args.batch_size or \
                 old.get("budget", {}).get("minutes") != args.minutes or \
+                bool(old.get("budget", {}).get("freeze_encoder")) != bool(args.freeze_encoder) or \
                 (args.iterations and old.get("budget", {}).get("iterations") != args.iterations):
             _log(f"{key}: kept {path}, measured with another budget {old.get('budget')} (--force to redo)")
         else:
@@ -910,7 +958,8 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
                    "schedule_from": iter_source, "batch_size": args.batch_size, "decoder_init": args.decoder_init,
                    "precision": args.precision, "precision_resolved": _resolved_precision(args.precision, args.device),
                    "seed": args.seed, "threads": _threads(args), "lr": args.lr, "warmup": cfg.warmup,
-                   "lr_decay": args.lr_decay},
+                   "lr_decay": args.lr_decay, "freeze_encoder": bool(args.freeze_encoder),
+                   "cache_views": args.cache_views if args.freeze_encoder else None},
         "status": result.status, "iterations_done": result.iteration, "train_seconds": train_seconds,
         "seconds_per_iteration": med, "seconds_per_iteration_mean": (sum(step_seconds) / len(step_seconds)
                                                                       if step_seconds else None),
@@ -1118,8 +1167,9 @@ def _exploration_findings(ex: dict, ref: Optional[float], sp: Optional[dict] = N
     if ref and s("cached_embeddings"):
         out.append(f"cached embeddings: decoder-only step {s('cached_embeddings'):.2f} s = "
                    f"{ref / s('cached_embeddings'):.1f}x "
-                   "faster, but it freezes the encoder (no LoRA) and fixes the augmentation: a different method, "
-                   "not a drop-in speed-up." + c("cached_embeddings"))
+                   "faster, plus a one-time encoding per cached view. This is the engine's --freeze-encoder mode: no "
+                   "LoRA, and augmentation limited to the cached views, so it is a different model. Compare its DSC "
+                   "(benchmark --freeze-encoder) before adopting it." + c("cached_embeddings"))
     out.append("Engine defaults were not changed by the benchmark.")
     return out
 
@@ -1212,7 +1262,9 @@ def build_report(out: Path, args=None) -> str:
              f"{b.get('minutes') or 'not fixed'}; batch {b.get('batch_size')} (half labeled); decoder init "
              f"{b.get('decoder_init')}; precision {b.get('precision')} (-> {b.get('precision_resolved')}); seed "
              f"{b.get('seed')}; LR {b.get('lr')} ({b.get('lr_decay')} decay); backbone LiteMedSAM (TinyViT, 256 px) "
-             "with LoRA r=4 on q, v. The per-row schedule and iterations done are in the table.")
+             + (f"with a **frozen encoder** (no LoRA; embeddings cached once, {b.get('cache_views')} views per image, "
+                "the engine's fast CPU mode). " if b.get("freeze_encoder") else "with LoRA r=4 on q, v. ")
+             + "The per-row schedule and iterations done are in the table.")
     m = run.get("machine") or {}
     L.append(f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {_f(m.get('ram_gb'), 1)} GB RAM, GPU: "
              f"{m.get('gpu') or 'none'} (native CPU bf16: {m.get('cpu_native_bf16')}).")
@@ -1235,7 +1287,8 @@ def build_report(out: Path, args=None) -> str:
                          f"/{mm['cases']} | - | - |")
     for d in trained:
         mm = d["metrics"]
-        L.append(f"| {d['title']} | {d['num_labeled']}/{d['num_train']} | {_metric_cells(mm)} | "
+        frozen = " (frozen encoder)" if d["budget"].get("freeze_encoder") else ""
+        L.append(f"| {d['title']}{frozen} | {d['num_labeled']}/{d['num_train']} | {_metric_cells(mm)} | "
                  f"{mm['empty_predictions']}/{mm['cases']} | "
                  f"{d['iterations_done']} ({d['budget']['schedule_iterations']})"
                  f"{'' if d['status'] == 'completed' else ' ' + d['status']} | {d['train_seconds'] / 60:.1f} |")
@@ -1380,7 +1433,8 @@ def _run_record(args, plan: Plan) -> dict:
         "budget": {"iterations": args.iterations, "minutes": args.minutes, "batch_size": args.batch_size,
                    "decoder_init": args.decoder_init, "precision": args.precision,
                    "precision_resolved": _resolved_precision(args.precision, args.device), "seed": args.seed,
-                   "lr": args.lr, "lr_decay": args.lr_decay, "threads": _threads(args)},
+                   "lr": args.lr, "lr_decay": args.lr_decay, "threads": _threads(args),
+                   "freeze_encoder": bool(args.freeze_encoder), "cache_views": args.cache_views},
         "machine": machine_info(), "versions": versions(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
     }
