@@ -466,3 +466,26 @@ def write_image_atomic(image: sitk.Image, path: PathLike) -> None:
                              f"writable and that the format supports this pixel type "
                              f"({image.GetPixelIDTypeAsString()}).") from exc
         raise
+
+
+def write_text_atomic(path: Union[str, Path], data: Union[str, bytes]) -> Path:
+    """Writes ``data`` to a temporary file in ``path``'s folder, then renames it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix + ".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path

@@ -192,22 +192,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict:
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    import tempfile
+    from .io import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text_atomic(path, text)
 
 
 def _fmt(stat: dict, digits: int) -> str:

@@ -484,6 +484,19 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
         events.emit("checkpoint", iteration=it, path=str(path), kind=kind)
         return path
 
+    def validate(it: int, best: Optional[float]) -> Optional[float]:
+        """Validation Dice; saves model_best.pt when it improves. Returns the best Dice so far."""
+        scores = evaluate_slices(model, val, class_names, device, cfg.val_batch_size, amp_dtype)
+        mean = float(np.mean(list(scores.values())))
+        is_best = best is None or mean > best
+        history["val_iteration"].append(it)
+        history["val_dice"].append(mean)
+        events.emit("validation", iteration=it, dice=mean, dice_per_class=scores, best=is_best)
+        if is_best:
+            save("best", it, scores)
+            return mean
+        return best
+
     status = "completed"
     it = start_it
     model.train()
@@ -534,15 +547,7 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{lr:.1e}")
             if main and val is not None and (it % cfg.val_every == 0 or it == cfg.iterations):
-                scores = evaluate_slices(model, val, class_names, device, cfg.val_batch_size, amp_dtype)
-                mean = float(np.mean(list(scores.values())))
-                is_best = best_dice is None or mean > best_dice
-                history["val_iteration"].append(it)
-                history["val_dice"].append(mean)
-                events.emit("validation", iteration=it, dice=mean, dice_per_class=scores, best=is_best)
-                if is_best:
-                    best_dice = mean
-                    save("best", it, scores)
+                best_dice = validate(it, best_dice)
             if main and (it % cfg.save_every == 0 or it == cfg.iterations):
                 save("last", it)
     except BaseException as exc:
@@ -565,15 +570,7 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
         if status != "completed" or not last_path.is_file() or it % cfg.save_every:
             save("last", it)
         if val is not None and it > start_it and (not history["val_iteration"] or history["val_iteration"][-1] != it):
-            scores = evaluate_slices(model, val, class_names, device, cfg.val_batch_size, amp_dtype)
-            mean = float(np.mean(list(scores.values())))
-            is_best = best_dice is None or mean > best_dice
-            history["val_iteration"].append(it)
-            history["val_dice"].append(mean)
-            events.emit("validation", iteration=it, dice=mean, dice_per_class=scores, best=is_best)
-            if is_best:
-                best_dice = mean
-                save("best", it, scores)
+            best_dice = validate(it, best_dice)
         if val is None or not best_path.is_file():  # without validation the last model is the model
             save("best", it)
         plot_curves(history, output_dir / "training_curve.png")
