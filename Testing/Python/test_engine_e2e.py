@@ -206,3 +206,17 @@ def test_frozen_encoder_mode_caches_embeddings_and_predicts(small_manifest, tmp_
     name = (busi_dir / "val.txt").read_text().split()[0]
     dst = p.predict_file(busi_dir / "images" / name, tmp_path / "pred.png")
     assert dst.is_file()
+
+
+def test_torchrun_ddp_two_cpu_processes(small_manifest, tmp_path):
+    """Several processes through PyTorch DDP (gloo on CPU here, NCCL on GPUs): rank 0 writes."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "CPCSAMLib",
+           "train", "--manifest", str(small_manifest), "--output", str(out), "--iterations", "1", "--batch-size", "2",
+           "--val-every", "100", "--no-progress", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = read_events(out / "events.jsonl")
+    started = [e for e in events if e["event"] == "started"]
+    assert len(started) == 1 and started[0]["world_size"] == 2  # only rank 0 reports
+    assert events[-1]["event"] == "finished" and (out / "model_last.pt").is_file()
