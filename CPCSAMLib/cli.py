@@ -29,20 +29,21 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="decoders initialised randomly (paper) or from SAM's decoder (official code)")
     g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=demo,
                    help="fast CPU mode: no LoRA; the encoder runs once per image (embeddings cached)")
-    g.add_argument("--cache-views", type=int, default=4 if demo else 2,
+    g.add_argument("--cache-views", type=int, default=2,
                    help="frozen-encoder mode: cached views per image (original + augmented copies)")
     g = p.add_argument_group("training")
     g.add_argument("--method", choices=METHODS, default="cpcsam",
                    help="cpcsam (paper); ablations cross_prompting (no consistency), cps (no prompts); "
                         "supervised (labeled only)")
-    g.add_argument("--iterations", type=int, default=150 if demo else 10000)
+    g.add_argument("--iterations", type=int, default=200 if demo else 10000)
     g.add_argument("--batch-size", type=int, default=4 if demo else 6, help="half labeled, half unlabeled")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--warmup-iters", type=int, default=10 if demo else None,
                    help="linear warm-up (default: iterations/2, at most 5000, as the paper's 5000 of 10000; "
                         "official code: 250)")
-    g.add_argument("--lr-decay", choices=["exp", "poly"], default="exp", help="exp (paper) or poly-0.9 (code)")
+    g.add_argument("--lr-decay", choices=["exp", "poly"], default="poly" if demo else "exp",
+                   help="exp (paper) or poly-0.9 (code)")
     g.add_argument("--lambda-cross", type=float, default=0.4, help="weight of L_cross (lambda1)")
     g.add_argument("--lambda-consistency", type=float, default=0.05, help="weight of L_c (lambda2)")
     g.add_argument("--update", choices=["combined", "sequential"], default="combined",
@@ -59,7 +60,7 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--no-augment", action="store_true", help="disable rotation/flip augmentation")
     g.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="clip intensities to these percentiles before min-max normalisation")
-    g.add_argument("--max-minutes", type=float, default=5.0 if demo else None,
+    g.add_argument("--max-minutes", type=float, default=8.0 if demo else None,
                    help="stop after this many minutes of training (a checkpoint is saved)")
 
 
