@@ -473,6 +473,8 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
 
         bar = tqdm(total=cfg.iterations, initial=start_it, desc="CPC-SAM", unit="it", dynamic_ncols=True)
 
+    saved_last = [None]  # iteration of the latest model_last.pt written by this run
+
     def save(kind: str, it: int, val_scores=None) -> Path:
         path = best_path if kind == "best" else last_path
         card = _model_card(cfg, manifest.classes, model, it, val_scores)
@@ -481,6 +483,8 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
             extra = {"optimizer": optimizer.state_dict(), "iteration": it, "history": json.dumps(history),
                      "best_dice": best_dice}
         save_checkpoint(path, model.trainable_state_dict(), card, extra)
+        if kind == "last":
+            saved_last[0] = it
         events.emit("checkpoint", iteration=it, path=str(path), kind=kind)
         return path
 
@@ -567,10 +571,10 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
         bar.close()
     stop.restore()
     if main:
-        if status != "completed" or not last_path.is_file() or it % cfg.save_every:
-            save("last", it)
         if val is not None and it > start_it and (not history["val_iteration"] or history["val_iteration"][-1] != it):
             best_dice = validate(it, best_dice)
+        if saved_last[0] != it or not last_path.is_file():  # not already written at this iteration
+            save("last", it)
         if val is None or not best_path.is_file():  # without validation the last model is the model
             save("best", it)
         plot_curves(history, output_dir / "training_curve.png")
