@@ -133,7 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=False,
                    help="the engine's fast CPU mode for every trained method: no LoRA, embeddings cached once")
-    g.add_argument("--cache-views", type=int, default=2, help="frozen-encoder mode: cached views per image")
+    g.add_argument("--cache-views", type=int, default=2,
+                   help="frozen-encoder mode: cached views per labeled image (original + augmented)")
+    g.add_argument("--cache-views-unlabeled", type=int, default=1,
+                   help="frozen-encoder mode: cached views per unlabeled image (default 1: the original)")
     g = parser.add_argument_group("speed")
     g.add_argument("--speed-only", action="store_true", help="only the speed and exploration tables")
     g.add_argument("--no-speed", action="store_true", help="no speed or exploration measurement")
@@ -824,8 +827,9 @@ def _estimate_iterations(args, plan: Plan, speed: Optional[dict]) -> tuple[int, 
     if frozen and row.get("encode_seconds_per_image"):
         first = next(iter(plan.labeled.values()))
         n_unl = len(plan.train) - len(first)
-        n_images = len(first) + (min(n_unl, args.max_unlabeled) if args.max_unlabeled else n_unl)
-        usable -= n_images * max(1, args.cache_views) * row["encode_seconds_per_image"]
+        n_unl = min(n_unl, args.max_unlabeled) if args.max_unlabeled else n_unl
+        views = len(first) * max(1, args.cache_views) + n_unl * max(1, args.cache_views_unlabeled)
+        usable -= views * row["encode_seconds_per_image"]
     if plan.val is not None and speed and speed.get("inference", {}).get("seconds_per_slice"):
         usable -= 5 * len(plan.val) * speed["inference"]["seconds_per_slice"]
     if usable <= 0:
@@ -857,7 +861,68 @@ def _frozen_options(args) -> dict:
         return {}
     if "freeze_encoder" not in fields:
         raise InputError("--freeze-encoder: this engine has no frozen-encoder mode")
-    return {"freeze_encoder": True, "cache_views": args.cache_views}
+    opts = {"freeze_encoder": True, "cache_views": args.cache_views}
+    if "cache_views_unlabeled" in fields:
+        opts["cache_views_unlabeled"] = args.cache_views_unlabeled
+    if "embedding_store" in fields:
+        opts["embedding_store"] = str(Path(args.output).expanduser().resolve() / "embedding_store")
+    return opts
+
+
+def _unlabeled_names(args, plan: Plan, stem: str) -> List[str]:
+    labeled = set(plan.labeled[stem])
+    unlabeled = [n for n in plan.train if n not in labeled]
+    return unlabeled[: args.max_unlabeled] if args.max_unlabeled else unlabeled
+
+
+def prepare_embedding_store(args, plan: Plan) -> Optional[dict]:
+    """Frozen-encoder mode: embeds the original training images once, into the store that every
+    method's run then reads. The time is measured here and charged to each method for the
+    embeddings it reads (so each row's minutes are what the method would cost on its own)."""
+    from .train import TrainConfig
+
+    if not args.freeze_encoder or "embedding_store" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        return None
+    path = plan.out / "results" / "embedding_store.json"
+    old = read_json(path)
+    names = list(dict.fromkeys(n for stem in plan.labeled for n in plan.labeled[stem] + _unlabeled_names(args, plan, stem)))
+    if old and not args.force and old.get("images") == len(names) and old.get("threads") == _threads(args) \
+            and old.get("precision") == _resolved_precision(args.precision, args.device):
+        _log(f"embedding store: kept {path} ({old['images']} images, {old['seconds']:.0f} s when computed)")
+        return old
+    import numpy as np
+    import torch
+
+    from . import dataset as ds
+    from .modeling.backbones import build_backbone
+    from .modeling.dual_sam import DualBranchSAM
+    from .train import EmbeddingCache, EmbeddingStore, autocast_dtype, select_device, tune_allocator
+
+    device = select_device(args.device)
+    if device.type == "cpu":
+        tune_allocator()
+        torch.set_flush_denormal(True)
+        torch.set_num_threads(_threads(args))
+    amp = autocast_dtype(args.precision, device)
+    model = DualBranchSAM(build_backbone("litemedsam"), 1, args.lora_rank, args.decoder_init, args.seed).to(device)
+    model.freeze_encoder()
+    classes = [ds.ClassInfo(c["name"], c["value"]) for c in CLASSES]
+    slices = ds.build_slices([str(plan.root / "images" / n) for n in names], classes, model.input_size, None, None)
+    store = EmbeddingStore(_frozen_options(args)["embedding_store"], model, amp)
+    _log(f"embedding store: encoding {len(names)} original training images once (shared by the methods)")
+    t0 = time.time()
+    EmbeddingCache(model, slices, 1, np.random.default_rng(0), device, amp, 8, store=store,
+                   on_progress=lambda d, n: _log(f"embedding store: {d}/{n}") if d % 80 == 0 or d == n else None)
+    seconds = time.time() - t0
+    rec = {"images": len(names), "computed": store.misses, "already_stored": store.hits, "seconds": seconds,
+           "seconds_per_image": seconds / max(1, store.misses) if store.misses else None,
+           "threads": _threads(args), "precision": _resolved_precision(args.precision, args.device),
+           "device": str(device), "folder": str(store.folder)}
+    if not store.misses and old and old.get("seconds_per_image"):
+        rec["seconds_per_image"] = old["seconds_per_image"]  # all were stored already: keep the measured cost
+    write_json(path, rec)
+    del model
+    return rec
 
 
 def evaluate_predictor(predictor, plan: Plan, key: str) -> tuple[List[dict], float]:
@@ -895,9 +960,7 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
             _log(f"{key}: kept {path} (--force to redo)")
         return old
     labeled = plan.labeled[stem]
-    unlabeled = [n for n in plan.train if n not in set(labeled)]
-    if args.max_unlabeled:
-        unlabeled = unlabeled[: args.max_unlabeled]
+    unlabeled = _unlabeled_names(args, plan, stem)
     train_names = labeled + unlabeled
     manifest = ds.manifest_from_split_lists(plan.root, train_names, labeled, plan.val,
                                             classes=[ds.ClassInfo(c["name"], c["value"]) for c in CLASSES])
@@ -906,9 +969,14 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
     cfg = _train_config(args, method, iterations)
     run_dir = plan.out / "runs" / key
     step_seconds: List[float] = []
+    cached: Dict[str, Any] = {}
 
     def on_event(ev: dict) -> None:
-        if ev.get("event") == "iteration":
+        if ev.get("event") == "cached":
+            cached.update(ev)
+            _log(f"{key}: embeddings ready in {ev['seconds']:.0f} s (read from the store: {ev.get('store_hits')}, "
+                 f"computed: {ev.get('store_misses')})")
+        elif ev.get("event") == "iteration":
             step_seconds.append(float(ev["seconds"]))
             it = ev["iteration"]
             if it == 1 or it % 10 == 0 or it == ev["iterations"]:
@@ -927,6 +995,8 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
     del predictor
     metrics = _summary_numbers(rows)
     med = _median(step_seconds)
+    store = read_json(plan.out / "results" / "embedding_store.json") or {}
+    charged = (cached.get("store_hits") or 0) * (store.get("seconds_per_image") or 0.0)
     out = {
         "method": method, "title": TITLES[method], "labeled_list": plan.labeled_files[stem], "labeled_key": stem,
         "num_labeled": len(labeled), "num_unlabeled": len(manifest.unlabeled),
@@ -938,8 +1008,12 @@ def run_method(args, plan: Plan, method: str, stem: str, iterations: int, iter_s
                    "precision": args.precision, "precision_resolved": _resolved_precision(args.precision, args.device),
                    "seed": args.seed, "threads": _threads(args), "lr": args.lr, "warmup": cfg.warmup,
                    "lr_decay": args.lr_decay, "freeze_encoder": bool(args.freeze_encoder),
-                   "cache_views": args.cache_views if args.freeze_encoder else None},
+                   "cache_views": args.cache_views if args.freeze_encoder else None,
+                   "cache_views_unlabeled": args.cache_views_unlabeled if args.freeze_encoder else None},
         "status": result.status, "iterations_done": result.iteration, "train_seconds": train_seconds,
+        "embedding": {"seconds_in_run": cached.get("seconds"), "read_from_store": cached.get("store_hits"),
+                      "computed_in_run": cached.get("store_misses"), "charged_store_seconds": charged},
+        "train_seconds_charged": train_seconds + charged,
         "seconds_per_iteration": med, "seconds_per_iteration_mean": (sum(step_seconds) / len(step_seconds)
                                                                       if step_seconds else None),
         "images_per_second": args.batch_size / med if med else None,
@@ -993,6 +1067,12 @@ def _lab_sort_key(d: dict):
     return (d["num_labeled"], d["labeled_key"], ROW_ORDER.index(d["method"]) if d["method"] in ROW_ORDER else 9)
 
 
+def _minutes(d: dict) -> float:
+    """A method's training minutes, with the embeddings it read from the shared store charged at their
+    measured cost (frozen-encoder mode)."""
+    return d.get("train_seconds_charged", d["train_seconds"]) / 60
+
+
 def _targets(data: dict) -> List[tuple]:
     """(target, measured, verdict) rows of issue 4, computed from the numbers."""
     rows = []
@@ -1004,7 +1084,7 @@ def _targets(data: dict) -> List[tuple]:
                      "CPC-SAM not run", "not measured"))
     for d in cps:
         dsc = d["metrics"].get("dice")
-        minutes = d["train_seconds"] / 60
+        minutes = _minutes(d)
         subset = d["test_cases"] < d["test_total"]
         cpu2 = d.get("device", "cpu") == "cpu" and (d.get("cores") or 0) <= 2 and d["budget"].get("threads", 2) <= 2
         measured = (f"DSC {_f(dsc)} on {d['test_cases']}/{d['test_total']} images of {d['test_list']}, "
@@ -1241,8 +1321,10 @@ def build_report(out: Path, args=None) -> str:
              f"{b.get('minutes') or 'not fixed'}; batch {b.get('batch_size')} (half labeled); decoder init "
              f"{b.get('decoder_init')}; precision {b.get('precision')} (-> {b.get('precision_resolved')}); seed "
              f"{b.get('seed')}; LR {b.get('lr')} ({b.get('lr_decay')} decay); backbone LiteMedSAM (TinyViT, 256 px) "
-             + (f"with a **frozen encoder** (no LoRA; embeddings cached once, {b.get('cache_views')} views per image, "
-                "the engine's fast CPU mode). " if b.get("freeze_encoder") else "with LoRA r=4 on q, v. ")
+             + (f"with a **frozen encoder** (no LoRA; embeddings cached once, {b.get('cache_views')} views per labeled and "
+                f"{b.get('cache_views_unlabeled') or b.get('cache_views')} per unlabeled image, the engine's fast CPU "
+                "mode; the original training images are embedded once into a store that all methods read, and each "
+                "method's minutes include the measured cost of the embeddings it read). " if b.get("freeze_encoder") else "with LoRA r=4 on q, v. ")
              + "The per-row schedule and iterations done are in the table.")
     m = run.get("machine") or {}
     L.append(f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {_f(m.get('ram_gb'), 1)} GB RAM, GPU: "
@@ -1270,7 +1352,7 @@ def build_report(out: Path, args=None) -> str:
         L.append(f"| {d['title']}{frozen} | {d['num_labeled']}/{d['num_train']} | {_metric_cells(mm)} | "
                  f"{mm['empty_predictions']}/{mm['cases']} | "
                  f"{d['iterations_done']} ({d['budget']['schedule_iterations']})"
-                 f"{'' if d['status'] == 'completed' else ' ' + d['status']} | {d['train_seconds'] / 60:.1f} |")
+                 f"{'' if d['status'] == 'completed' else ' ' + d['status']} | {_minutes(d):.1f} |")
     if not zs and not trained:
         L.append("| (no method results yet) | | | | | | | | |")
     L += ["", "NaN: HD95/ASD of a case where exactly one of prediction and reference is empty; left out of the mean "
@@ -1413,7 +1495,8 @@ def _run_record(args, plan: Plan) -> dict:
                    "decoder_init": args.decoder_init, "precision": args.precision,
                    "precision_resolved": _resolved_precision(args.precision, args.device), "seed": args.seed,
                    "lr": args.lr, "lr_decay": args.lr_decay, "threads": _threads(args),
-                   "freeze_encoder": bool(args.freeze_encoder), "cache_views": args.cache_views},
+                   "freeze_encoder": bool(args.freeze_encoder), "cache_views": args.cache_views,
+                   "cache_views_unlabeled": args.cache_views_unlabeled},
         "machine": machine_info(), "versions": versions(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
     }
@@ -1442,6 +1525,7 @@ def run(args) -> int:
             write_report(plan.out, args)
         trained = [m for m in TRAINED if m in args.methods]
         if trained:
+            prepare_embedding_store(args, plan)
             if args.iterations:
                 iterations, source = args.iterations, "--iterations"
             else:

@@ -30,7 +30,12 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=demo,
                    help="fast CPU mode: no LoRA; the encoder runs once per image (embeddings cached)")
     g.add_argument("--cache-views", type=int, default=2,
-                   help="frozen-encoder mode: cached views per image (original + augmented copies)")
+                   help="frozen-encoder mode: cached views per labeled image (original + augmented copies)")
+    g.add_argument("--cache-views-unlabeled", type=int, default=None,
+                   help="frozen-encoder mode: cached views per unlabeled image (default: as --cache-views)")
+    g.add_argument("--embedding-store", metavar="DIR",
+                   help="frozen-encoder mode: keep embeddings in DIR so later runs on the same images skip "
+                        "the encoder (keyed by encoder weights and image content)")
     g = p.add_argument_group("training")
     g.add_argument("--method", choices=METHODS, default="cpcsam",
                    help="cpcsam (paper); ablations cross_prompting (no consistency), cps (no prompts); "
@@ -77,6 +82,7 @@ def _config(args) -> "TrainConfig":  # noqa: F821
         percentiles=list(args.percentiles) if args.percentiles else None,
         axis=getattr(args, "axis", None), max_minutes=args.max_minutes, resume=getattr(args, "resume", False),
         freeze_encoder=args.freeze_encoder, cache_views=args.cache_views,
+        cache_views_unlabeled=args.cache_views_unlabeled, embedding_store=args.embedding_store,
     )
 
 

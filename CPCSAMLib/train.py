@@ -60,7 +60,9 @@ class TrainConfig:
     max_minutes: Optional[float] = None  # stop (and save) after this much training time
     resume: bool = False
     freeze_encoder: bool = False  # fast CPU mode: no LoRA, embeddings computed once and cached
-    cache_views: int = 2  # frozen-encoder mode: the original + (views - 1) augmented copies per slice
+    cache_views: int = 2  # frozen-encoder mode: the original + (views - 1) augmented copies per labeled slice
+    cache_views_unlabeled: Optional[int] = None  # the same for unlabeled slices (None: as cache_views)
+    embedding_store: Optional[str] = None  # frozen-encoder mode: folder that keeps embeddings between runs
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -77,6 +79,8 @@ class TrainConfig:
             raise InputError("--precision must be auto, fp32 or bf16")
         if self.decoder_init not in ("random", "pretrained"):
             raise InputError("--decoder-init must be 'random' or 'pretrained'")
+        if self.cache_views < 1 or (self.cache_views_unlabeled is not None and self.cache_views_unlabeled < 1):
+            raise InputError("--cache-views and --cache-views-unlabeled must be >= 1")
 
     @property
     def warmup(self) -> int:
@@ -237,15 +241,68 @@ def evaluate_slices(model, slices: ds.SliceSet, class_names: List[str], device, 
     return out
 
 
+class EmbeddingStore:
+    """Content-addressed embeddings on disk, so that a later run on the same images skips the encoder.
+
+    One file per encoder input: the key hashes the encoder's weights, the autocast dtype and the
+    exact (augmented) image array, so a hit is the embedding the encoder would compute again.
+    Files are written atomically; an unreadable file is recomputed.
+    """
+
+    def __init__(self, folder: str | Path, model, amp_dtype) -> None:
+        import hashlib
+
+        h = hashlib.sha1()
+        state = model.image_encoder.state_dict()
+        # LoRA at its initial state (B = 0) leaves the encoder's output unchanged: its random A must not
+        # change the key; trained LoRA weights do
+        identity = all(torch.count_nonzero(t) == 0 for k, t in state.items() if ".lora_b" in k)
+        for name, t in sorted(state.items()):
+            if identity and ".lora_" in name:
+                continue
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(f"{model.input_size}|{amp_dtype}".encode())
+        self.folder = Path(folder) / h.hexdigest()[:16]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def _path(self, image: np.ndarray) -> Path:
+        import hashlib
+
+        a = np.ascontiguousarray(image, dtype=np.float32)
+        return self.folder / (hashlib.sha1(str(a.shape).encode() + a.tobytes()).hexdigest() + ".pt")
+
+    def get(self, image: np.ndarray) -> Optional[torch.Tensor]:
+        path = self._path(image)
+        if path.is_file():
+            try:
+                t = torch.load(path, map_location="cpu", weights_only=True)
+                self.hits += 1
+                return t
+            except Exception:  # a damaged file: recompute and overwrite
+                pass
+        self.misses += 1
+        return None
+
+    def put(self, image: np.ndarray, embedding: torch.Tensor) -> None:
+        path = self._path(image)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(embedding.detach().cpu().clone(), tmp)
+        os.replace(tmp, path)
+
+
 class EmbeddingCache:
     """Frozen-encoder mode: image embeddings of each slice, computed once (``views`` per slice: the
-    original and augmented copies, labels augmented jointly), stored in bf16/fp16."""
+    original and augmented copies, labels augmented jointly), stored in bf16/fp16; with a ``store``,
+    read from and written to disk."""
 
     def __init__(self, model, slices: ds.SliceSet, views: int, rng: np.random.Generator, device, amp_dtype,
-                 batch_size: int = 8, on_progress: Optional[Callable[[int, int], None]] = None) -> None:
+                 batch_size: int = 8, on_progress: Optional[Callable[[int, int], None]] = None,
+                 store: Optional[EmbeddingStore] = None) -> None:
         n = len(slices)
         views = max(1, views)
-        store = torch.bfloat16 if device.type == "cpu" else torch.float16
+        dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         self.embeddings: Optional[torch.Tensor] = None
         self.labels = None if slices.labels is None else np.empty((n, views) + slices.labels.shape[1:], np.uint8)
         self.views = views
@@ -263,12 +320,20 @@ class EmbeddingCache:
                         imgs.append(img)
                         if lab is not None:
                             self.labels[i, v] = lab
-                    x = torch.from_numpy(np.stack(imgs)[:, None].astype(np.float32)).to(device)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        emb = model.encode(x)
+                    embs: List[Optional[torch.Tensor]] = [store.get(a) if store else None for a in imgs]
+                    todo = [k for k, e in enumerate(embs) if e is None]
+                    if todo:
+                        x = torch.from_numpy(np.stack([imgs[k] for k in todo])[:, None].astype(np.float32)).to(device)
+                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            new = model.encode(x).to(dtype)
+                        for j, k in enumerate(todo):
+                            embs[k] = new[j]
+                            if store:
+                                store.put(imgs[k], new[j])
+                    emb = torch.stack([e.to(device=device, dtype=dtype) for e in embs])
                     if self.embeddings is None:
-                        self.embeddings = torch.empty((n, views) + tuple(emb.shape[1:]), dtype=store, device=device)
-                    self.embeddings[s:s + len(imgs), v] = emb.to(store)
+                        self.embeddings = torch.empty((n, views) + tuple(emb.shape[1:]), dtype=dtype, device=device)
+                    self.embeddings[s:s + len(imgs), v] = emb
                     done += len(imgs)
                     if on_progress:
                         on_progress(done, n * views)
@@ -460,11 +525,17 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
     lab_cache = unl_cache = None
     if cfg.freeze_encoder:
         t_cache = time.time()
-        lab_cache = EmbeddingCache(model, labeled, cfg.cache_views, rng, device, amp_dtype, cfg.val_batch_size)
+        store = EmbeddingStore(cfg.embedding_store, model, amp_dtype) if cfg.embedding_store and main else None
+        views_u = cfg.cache_views if cfg.cache_views_unlabeled is None else cfg.cache_views_unlabeled
+        lab_cache = EmbeddingCache(model, labeled, cfg.cache_views, rng, device, amp_dtype, cfg.val_batch_size,
+                                   store=store)
         if bu and unlabeled is not None and len(unlabeled):
-            unl_cache = EmbeddingCache(model, unlabeled, cfg.cache_views, rng, device, amp_dtype, cfg.val_batch_size)
+            unl_cache = EmbeddingCache(model, unlabeled, views_u, rng, device, amp_dtype, cfg.val_batch_size,
+                                       store=store)
         events.emit("cached", slices=len(labeled) + (0 if unl_cache is None else len(unlabeled)),
-                    views=cfg.cache_views, seconds=round(time.time() - t_cache, 1))
+                    views=cfg.cache_views, views_unlabeled=views_u if unl_cache is not None else None,
+                    seconds=round(time.time() - t_cache, 1),
+                    store_hits=store.hits if store else None, store_misses=store.misses if store else None)
 
     bar = None
     show_bar = progress if progress is not None else (main and sys.stderr.isatty())

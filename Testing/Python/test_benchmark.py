@@ -164,3 +164,26 @@ def test_targets_are_computed_from_the_numbers(tmp_path):
     text = report.read_text()
     assert "| CPC-SAM | 10/431 | 76.00 | 66.00 | 50.00 | 20.00 |" in text
     assert (tmp_path / "dsc_vs_labels.png").is_file() and (tmp_path / "training_curves.png").is_file()
+
+
+def test_frozen_encoder_methods_share_one_embedding_store(tmp_path, busi_dir):
+    """--freeze-encoder: the original training images are embedded once; each method reads them and
+    is charged their measured cost; only the augmented labeled views are computed in the runs."""
+    out = tmp_path / "out"
+    r = _cli("--data", busi_dir, "--output", out, "--methods", "supervised", "cpcsam", "--iterations", "1",
+             "--batch-size", "2", "--max-test", "1", "--max-unlabeled", "2", "--no-speed", "--freeze-encoder",
+             "--cache-views", "2", "--cache-views-unlabeled", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    store = json.loads((out / "results" / "embedding_store.json").read_text())
+    assert store["images"] == 12 and store["computed"] == 12 and store["seconds_per_image"] > 0
+    assert len(list((out / "embedding_store").rglob("*.pt"))) >= 12
+    for method, views, least in (("supervised", 20, 10), ("cpcsam", 22, 12)):
+        d = json.loads((out / "results" / f"{method}__labeled_10.json").read_text())
+        emb = d["embedding"]
+        # 10 labeled x 2 views (+ 2 unlabeled x 1); the originals come from the store; augmented views the
+        # earlier method computed with the same seed may be read too
+        assert emb["read_from_store"] + emb["computed_in_run"] == views and emb["read_from_store"] >= least
+        hits = emb["read_from_store"]
+        assert d["train_seconds_charged"] == pytest.approx(d["train_seconds"] + hits * store["seconds_per_image"])
+        assert d["budget"]["cache_views_unlabeled"] == 1
+    assert "per unlabeled image" in (out / "report.md").read_text()

@@ -208,6 +208,50 @@ def test_frozen_encoder_mode_caches_embeddings_and_predicts(small_manifest, tmp_
     assert dst.is_file()
 
 
+def test_embedding_store_lets_a_second_run_skip_the_encoder(small_manifest, tmp_path):
+    store = tmp_path / "store"
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 1, "--batch-size", 2,
+                 "--val-every", 100, "--no-progress", "--freeze-encoder", "--cache-views", 2,
+                 "--cache-views-unlabeled", 1, "--embedding-store", store, "--decoder-init", "pretrained")
+        assert r.returncode == 0, r.stderr
+        runs.append(read_events(out / "events.jsonl"))
+    first = [e for e in runs[0] if e["event"] == "cached"][0]
+    second = [e for e in runs[1] if e["event"] == "cached"][0]
+    # 2 labeled x 2 views + 2 unlabeled x 1 view
+    assert first["views_unlabeled"] == 1 and (first["store_hits"], first["store_misses"]) == (0, 6)
+    assert (second["store_hits"], second["store_misses"]) == (6, 0)
+    assert len(list(store.rglob("*.pt"))) == 6 and not list(store.rglob("*.tmp"))
+    loss = [[e["loss"] for e in ev if e["event"] == "iteration"] for ev in runs]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-5)  # the stored embeddings are the computed ones
+
+
+def test_embedding_store_recomputes_a_damaged_file(tmp_path):
+    from CPCSAMLib.train import EmbeddingStore
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+    model = torch.nn.Module()
+    model.image_encoder, model.input_size = Encoder(), 8
+    store = EmbeddingStore(tmp_path, model, torch.bfloat16)
+    img = np.random.default_rng(0).random((8, 8), dtype=np.float32)
+    assert store.get(img) is None
+    store.put(img, torch.arange(4.0))
+    assert torch.equal(store.get(img), torch.arange(4.0))
+    assert store.get(img + 1e-3) is None  # another image, another key
+    path = next(store.folder.glob("*.pt"))
+    path.write_bytes(b"not a tensor")
+    assert store.get(img) is None and store.misses == 3
+    with torch.no_grad():
+        model.image_encoder.w.mul_(2)
+    assert EmbeddingStore(tmp_path, model, torch.bfloat16).folder != store.folder  # other weights, other folder
+
+
 def test_torchrun_ddp_two_cpu_processes(small_manifest, tmp_path):
     """Several processes through PyTorch DDP (gloo on CPU here, NCCL on GPUs): rank 0 writes."""
     out = tmp_path / "out"
