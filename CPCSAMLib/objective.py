@@ -94,24 +94,29 @@ class CPCObjective(nn.Module):
         return {"loss": total, "loss_s": loss_s.detach(), "loss_cross": loss_cross.detach(), "loss_c": loss_c.detach()}
 
     def sequential_rounds(self, xl: torch.Tensor, yl: torch.Tensor, xu: torch.Tensor, rng: np.random.Generator):
-        """The official code's structure: three rounds per iteration, each with its own encoder
-        forward (over the whole batch) and its own backward and optimiser step.
+        """The official code's loop structure (``trainer_dualmask.py``), for comparison: three rounds
+        per iteration, each with its own encoder forward over the whole batch and its own backward
+        and optimiser step. Yields one loss per round; the caller runs backward and a step after each.
 
-        Yields one loss per round; the caller runs backward and a step after each. Round 1: L_s.
-        Round 2: decoder 2 prompted from decoder 1's prediction supervises decoder 1 (with decoder
-        2's consistency term). Round 3: the symmetric round. All prompted passes keep gradients.
+        Round 1: both decoders unprompted, L_s on the labeled half. Round 2: decoder 2 unprompted;
+        points from its prediction prompt decoder 1 (centre and random point) on the whole batch;
+        decoder 1's prompted outputs are supervised on the labeled half, and their ensemble is the
+        target for decoder 2 (weight lambda1) and for decoder 1's random-point output (lambda2) on
+        the unlabeled half. Round 3: the same with the decoders swapped. Every pass keeps gradients.
         """
         m = self.model
         bl = xl.shape[0]
         x = torch.cat([xl, xu])
         emb = m.encode(x)
-        yield self.supervised_loss(emb[:bl], m.decode(1, emb)[:bl], m.decode(2, emb)[:bl], yl, rng)
-        for src, dst in ((1, 2), (2, 1)):
-            emb = m.encode(x)[bl:]
+        yield (losses.supervised_unprompted(m.decode(1, emb)[:bl], yl)
+               + losses.supervised_unprompted(m.decode(2, emb)[:bl], yl))
+        for src, dst in ((2, 1), (1, 2)):
+            emb = m.encode(x)
             p_src = m.decode(src, emb)
             pts = points_from_label_maps(p_src.detach().argmax(1), m.num_classes, rng).to(emb.device)
             c = m.decode(dst, emb, pts.center, pts.labels)
             r = m.decode(dst, emb, pts.random, pts.labels)
-            ens = losses.pseudo_label(losses.probs(c), losses.probs(r))
-            yield (self.lambda_cross * 0.5 * losses.dice_ce(p_src, ens)
-                   + self.lambda_consistency * 0.5 * losses.dice_ce(r, ens))
+            ens = losses.pseudo_label(losses.probs(c[bl:]), losses.probs(r[bl:]))
+            yield (losses.supervised_unprompted(c[:bl], yl) + losses.supervised_unprompted(r[:bl], yl)
+                   + self.lambda_cross * 0.5 * losses.dice_ce(p_src[bl:], ens)
+                   + self.lambda_consistency * 0.5 * losses.dice_ce(r[bl:], ens))

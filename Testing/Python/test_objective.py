@@ -57,3 +57,23 @@ def test_learning_rate_schedule():
     poly = TrainConfig(iterations=100, warmup_iters=10, lr=1e-3, lr_decay="poly")
     assert learning_rate(poly, 55) == pytest.approx(1e-3 * 0.5 ** 0.9)
     assert TrainConfig(iterations=10000).warmup == 5000 and TrainConfig(iterations=300).warmup == 150
+
+
+def test_official_structure_three_rounds_each_with_encoder_and_whole_batch_decoders():
+    """The comparison baseline for the speed table: the official loop's rounds (trainer_dualmask.py)."""
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=1)
+    model.train()
+    enc, dec = [], []
+    model.image_encoder.register_forward_hook(lambda m, i, o: enc.append(i[0].shape[0]))
+    for k in (1, 2):
+        getattr(model, f"decoder{k}").register_forward_hook(lambda m, i, o, k=k: dec.append((k, i[0].shape[0])))
+    xl, yl, xu = _batch()
+    rounds = CPCObjective(model, "cpcsam").sequential_rounds(xl, yl, xu, np.random.default_rng(0))
+    per_round = []
+    for loss in rounds:
+        assert loss.requires_grad and torch.isfinite(loss)
+        loss.backward()  # each round has its own backward (and, in training, its own optimiser step)
+        per_round.append(list(dec))
+        dec.clear()
+    assert enc == [2, 2, 2]  # an encoder forward over the whole batch per round
+    assert per_round == [[(1, 2), (2, 2)], [(2, 2), (1, 2), (1, 2)], [(1, 2), (2, 2), (2, 2)]]
