@@ -65,6 +65,7 @@ class Predictor:
         dev = select_device(device)
         if dev.type == "cpu":
             torch.set_flush_denormal(True)
+        model.set_channels_last(dev.type == "cpu")
         return cls(model.to(dev), card, dev, precision)
 
     def _autocast(self):

@@ -468,6 +468,7 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
     rng = np.random.default_rng(cfg.seed + 7919 * rank)
 
     model = DualBranchSAM(backbone, num_classes, cfg.lora_rank, cfg.decoder_init, cfg.seed).to(device)
+    model.set_channels_last(device.type == "cpu")
     del backbone
     if cfg.freeze_encoder:
         model.freeze_encoder()

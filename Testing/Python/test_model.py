@@ -120,3 +120,23 @@ def test_sam_backbone_requires_checkpoint_and_refuses_wrong_file(tmp_path):
         build_backbone("sam_vit_b", str(bad))
     with pytest.raises(CheckpointError, match="unknown backbone"):
         build_backbone("resnet")
+
+
+def test_channels_last_encoder_gives_the_same_embeddings_and_gradients():
+    torch.manual_seed(0)
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=1)
+    for layer in model.lora_layers:  # trained-looking LoRA so that its gradient path is exercised
+        torch.nn.init.normal_(layer.lora_b_q.weight, std=0.02)
+    x = torch.rand(2, 1, 256, 256)
+    results = []
+    for on in (False, True):
+        model.zero_grad()
+        model.set_channels_last(on)
+        emb = model.encode(x)
+        emb.square().mean().backward()
+        grad = model.lora_layers[0].lora_a_q.weight.grad.clone()
+        results.append((emb.detach(), grad))
+    assert model.channels_last
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ga, gb, atol=1e-6, rtol=1e-3)
