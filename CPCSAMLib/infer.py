@@ -6,6 +6,8 @@ Point-prompted: one slice with user clicks (used by the Segment Editor effect).
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -32,6 +34,25 @@ class Predictor:
         self.label_values = [int(c["value"]) for c in self.classes]
         self.input_size = int(card["input_size"])
         self.percentiles = tuple(card["percentiles"]) if card.get("percentiles") else None
+        self._embeddings: "OrderedDict[str, torch.Tensor]" = OrderedDict()  # recent slices, for repeated clicks
+        self.embedding_cache_size = 8
+        self.encoder_calls = 0
+
+    def _slice_embedding(self, x_in: np.ndarray) -> torch.Tensor:
+        """Encoder output for one prepared slice; the last few are kept, so that more clicks on the
+        same slice (the Segment Editor effect) run only the decoders."""
+        key = hashlib.sha1(np.ascontiguousarray(x_in, dtype=np.float32).tobytes()).hexdigest()
+        emb = self._embeddings.get(key)
+        if emb is None:
+            with self._autocast():
+                emb = self.model.encode(torch.from_numpy(np.ascontiguousarray(x_in)[None, None]).to(self.device))
+            self.encoder_calls += 1
+            self._embeddings[key] = emb
+            while len(self._embeddings) > self.embedding_cache_size:
+                self._embeddings.popitem(last=False)
+        else:
+            self._embeddings.move_to_end(key)
+        return emb
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", backbone_checkpoint: Optional[str] = None,
@@ -142,8 +163,8 @@ class Predictor:
         coords = torch.tensor([[[x * sx, y * sy] for x, y, _ in points]], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[int(c) for _, _, c in points]], dtype=torch.long, device=self.device)
         branches = (branch,) if branch else (1, 2)
+        emb = self._slice_embedding(x_in)
         with self._autocast():
-            emb = self.model.encode(torch.from_numpy(x_in[None, None]).to(self.device))
             probs = sum(self.model.decode(b, emb, coords, labels).float().softmax(1) for b in branches) / len(branches)
         probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)

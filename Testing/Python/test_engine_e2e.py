@@ -126,8 +126,16 @@ def test_predict_on_3d_volume_keeps_geometry(trained, nrrd3d_dir, tmp_path):
     a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(dst))
     assert a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
     assert a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection()
-    mask = p.predict_slice_with_points(sitk.GetArrayFromImage(a)[10].astype(np.float32), [(20, 60, 1), (5, 5, 0)])
+    vol = sitk.GetArrayFromImage(a).astype(np.float32)
+    mask = p.predict_slice_with_points(vol[10], [(20, 60, 1), (5, 5, 0)])
     assert mask.shape == (120, 45) and mask.max() <= 1
+    # more clicks on the same slice reuse its embedding; another slice is encoded
+    assert p.encoder_calls == 1
+    again = p.predict_slice_with_points(vol[10], [(20, 60, 1), (5, 5, 0)])
+    p.predict_slice_with_points(vol[10], [(20, 60, 1), (30, 80, 1)])
+    assert p.encoder_calls == 1 and np.array_equal(mask, again)
+    p.predict_slice_with_points(vol[11], [(20, 60, 1)])
+    assert p.encoder_calls == 2
 
 
 def test_wrong_checkpoints_are_refused(trained, tmp_path):
