@@ -264,8 +264,11 @@ class EmbeddingStore:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         h.update(f"{model.input_size}|{amp_dtype}".encode())
         self.folder = Path(folder) / h.hexdigest()[:16]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.hits = self.misses = 0
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--embedding-store: cannot create {self.folder} ({exc}); give a writable folder") from exc
+        self.hits = self.misses = self.write_errors = 0
 
     def _path(self, image: np.ndarray) -> Path:
         import hashlib
@@ -286,10 +289,21 @@ class EmbeddingStore:
         return None
 
     def put(self, image: np.ndarray, embedding: torch.Tensor) -> None:
+        """Writes one embedding; a failed write (disk full, read-only folder) only costs the reuse."""
         path = self._path(image)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(embedding.detach().cpu().clone(), tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(embedding.detach().cpu().clone(), tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.write_errors += 1
+            if self.write_errors == 1:
+                print(f"cpcsam: could not write to the embedding store {self.folder} ({exc}); "
+                      "training goes on without storing", file=sys.stderr)
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 class EmbeddingCache:

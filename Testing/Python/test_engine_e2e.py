@@ -260,6 +260,26 @@ def test_embedding_store_recomputes_a_damaged_file(tmp_path):
     assert EmbeddingStore(tmp_path, model, torch.bfloat16).folder != store.folder  # other weights, other folder
 
 
+def test_embedding_store_write_failure_does_not_stop_training_and_bad_folder_is_refused(tmp_path, monkeypatch):
+    from CPCSAMLib.errors import InputError
+    from CPCSAMLib.train import EmbeddingStore
+
+    model = torch.nn.Module()
+    model.image_encoder, model.input_size = torch.nn.Linear(2, 2), 8
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="embedding-store"):
+        EmbeddingStore(tmp_path / "file" / "store", model, None)
+    store = EmbeddingStore(tmp_path / "store", model, None)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    img = np.zeros((8, 8), np.float32)
+    store.put(img, torch.zeros(3))  # reported once on stderr, not raised
+    assert store.write_errors == 1 and store.get(img) is None and not list(store.folder.iterdir())
+
+
 def test_torchrun_ddp_two_cpu_processes(small_manifest, tmp_path):
     """Several processes through PyTorch DDP (gloo on CPU here, NCCL on GPUs): rank 0 writes."""
     out = tmp_path / "out"
