@@ -64,6 +64,7 @@ DEFAULT_PARAMETERS = {
     "LoraRank": 4,
     "ValidationEvery": 100,
     "Validation": False,
+    "FastCPUMode": False,
     "OutputDirectory": "",
     "ModelPath": "",
     "LabeledSegments": "[]",
@@ -82,6 +83,7 @@ SCALAR_WIDGETS = (
     ("loraRankSpinBox", "LoraRank", "int"),
     ("validationEverySpinBox", "ValidationEvery", "int"),
     ("validationCheckBox", "Validation", "bool"),
+    ("fastCPUModeCheckBox", "FastCPUMode", "bool"),
     ("outputDirectoryPathLineEdit", "OutputDirectory", "path"),
     ("modelPathLineEdit", "ModelPath", "path"),
 )
@@ -98,6 +100,7 @@ TRAIN_OPTION_PARAMETERS = {
     "LambdaConsistency": "lambdaConsistency",
     "LoraRank": "loraRank",
     "ValidationEvery": "valEvery",
+    "FastCPUMode": "freezeEncoder",
 }
 
 PAIR_VOLUME_ROLE = "PairVolume"

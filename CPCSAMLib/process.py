@@ -165,6 +165,10 @@ _TRAIN_OPTION_ALIASES = {
     "threads": "threads",
     "warmupIters": "warmup_iters", "warmup_iters": "warmup_iters",
     "noAugment": "no_augment", "no_augment": "no_augment",
+    "freezeEncoder": "freeze_encoder", "freeze_encoder": "freeze_encoder", "fastCPUMode": "freeze_encoder",
+    "cacheViews": "cache_views", "cache_views": "cache_views",
+    "cacheViewsUnlabeled": "cache_views_unlabeled", "cache_views_unlabeled": "cache_views_unlabeled",
+    "embeddingStore": "embedding_store", "embedding_store": "embedding_store",
 }
 
 
@@ -212,6 +216,16 @@ def train_options(**options) -> Dict[str, object]:
     for key in ("lr", "lambda_cross", "lambda_consistency", "max_minutes"):
         if key in out:
             out[key] = float(out[key])
+    for key in ("freeze_encoder", "no_augment"):  # parameter nodes store "true"/"false"
+        if key in out and isinstance(out[key], str):
+            if out[key].lower() not in ("true", "false", "1", "0", ""):
+                raise InputError(f"Option {key} must be true or false, got {out[key]!r}")
+            out[key] = out[key].lower() in ("true", "1")
+    for key in ("cache_views", "cache_views_unlabeled"):
+        if key in out:
+            out[key] = int(out[key])
+    if "embedding_store" in out:
+        out["embedding_store"] = str(out["embedding_store"])
     return out
 
 

@@ -27,6 +27,9 @@ from .events import EventWriter
 from .objective import METHODS, CPCObjective
 
 
+LABELED_VIEWS_TARGET = 160  # frozen-encoder mode: default number of labeled embeddings (views x slices)
+
+
 @dataclass
 class TrainConfig:
     """Training options. Defaults follow the paper; the official code's choices are options."""
@@ -60,8 +63,9 @@ class TrainConfig:
     max_minutes: Optional[float] = None  # stop (and save) after this much training time
     resume: bool = False
     freeze_encoder: bool = False  # fast CPU mode: no LoRA, embeddings computed once and cached
-    cache_views: int = 2  # frozen-encoder mode: the original + (views - 1) augmented copies per labeled slice
-    cache_views_unlabeled: Optional[int] = None  # the same for unlabeled slices (None: as cache_views)
+    cache_views: Optional[int] = None  # frozen-encoder mode: original + (views - 1) augmented copies per labeled
+    # slice; None: enough views for about LABELED_VIEWS_TARGET labeled embeddings (1 to 16 per slice)
+    cache_views_unlabeled: int = 1  # the same for unlabeled slices
     embedding_store: Optional[str] = None  # frozen-encoder mode: folder that keeps embeddings between runs
 
     def validate(self) -> None:
@@ -79,8 +83,16 @@ class TrainConfig:
             raise InputError("--precision must be auto, fp32 or bf16")
         if self.decoder_init not in ("random", "pretrained"):
             raise InputError("--decoder-init must be 'random' or 'pretrained'")
-        if self.cache_views < 1 or (self.cache_views_unlabeled is not None and self.cache_views_unlabeled < 1):
+        if (self.cache_views is not None and self.cache_views < 1) or self.cache_views_unlabeled < 1:
             raise InputError("--cache-views and --cache-views-unlabeled must be >= 1")
+
+    def labeled_views(self, num_labeled: int) -> int:
+        """Cached views per labeled slice: ``cache_views``, or by default enough for about
+        ``LABELED_VIEWS_TARGET`` labeled embeddings (10 labeled slices: 16 views; 160 or more: 1).
+        Measured on BUSI, labeled-only, 300 iterations: 2 views DSC 42.1, 12 views 46.4."""
+        if self.cache_views is not None:
+            return self.cache_views
+        return int(min(16, max(1, math.ceil(LABELED_VIEWS_TARGET / max(1, num_labeled)))))
 
     @property
     def warmup(self) -> int:
@@ -541,14 +553,15 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
     if cfg.freeze_encoder:
         t_cache = time.time()
         store = EmbeddingStore(cfg.embedding_store, model, amp_dtype) if cfg.embedding_store and main else None
-        views_u = cfg.cache_views if cfg.cache_views_unlabeled is None else cfg.cache_views_unlabeled
-        lab_cache = EmbeddingCache(model, labeled, cfg.cache_views, rng, device, amp_dtype, cfg.val_batch_size,
+        views_u = cfg.cache_views_unlabeled
+        views_l = cfg.labeled_views(len(labeled))
+        lab_cache = EmbeddingCache(model, labeled, views_l, rng, device, amp_dtype, cfg.val_batch_size,
                                    store=store)
         if bu and unlabeled is not None and len(unlabeled):
             unl_cache = EmbeddingCache(model, unlabeled, views_u, rng, device, amp_dtype, cfg.val_batch_size,
                                        store=store)
         events.emit("cached", slices=len(labeled) + (0 if unl_cache is None else len(unlabeled)),
-                    views=cfg.cache_views, views_unlabeled=views_u if unl_cache is not None else None,
+                    views=views_l, views_unlabeled=views_u if unl_cache is not None else None,
                     seconds=round(time.time() - t_cache, 1),
                     store_hits=store.hits if store else None, store_misses=store.misses if store else None)
 

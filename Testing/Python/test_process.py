@@ -312,6 +312,16 @@ def test_train_options_are_accepted_by_the_engine_cli(tmp_path):
     assert args.backbone == "sam_vit_b" and args.sam_checkpoint == str(checkpoint)
     with pytest.raises(InputError, match="needs the SAM checkpoint file"):
         train_options(backbone="SAM ViT-H", samCheckpoint=str(tmp_path / "missing.pth"))
+    fast = train_options(fastCPUMode="true", cacheViews="8", embeddingStore=tmp_path / "store", noAugment="false")
+    assert fast == {"freeze_encoder": True, "cache_views": 8, "embedding_store": str(tmp_path / "store"),
+                    "no_augment": False}
+    cfg = _config(build_parser().parse_args(train_arguments("m", "o", None, fast)))
+    assert cfg.freeze_encoder and cfg.cache_views == 8 and cfg.cache_views_unlabeled == 1 and cfg.augment
+    assert cfg.embedding_store == str(tmp_path / "store")
+    assert _config(build_parser().parse_args(train_arguments("m", "o", None, train_options(
+        freezeEncoder="false")))).freeze_encoder is False
+    with pytest.raises(InputError, match="must be true or false"):
+        train_options(freezeEncoder="maybe")
     with pytest.raises(InputError, match="Unknown backbone"):
         train_options(backbone="UNet")
     with pytest.raises(InputError, match="Unknown training option 'epochs'"):
