@@ -1296,8 +1296,8 @@ def _speed_lines(sp: Optional[dict]) -> List[str]:
                      f"{inf.get('slice_shape')}) | {_f(inf.get('seconds_per_slice'), 3)} s/slice | "
                      f"{_f(1 / inf['seconds_per_slice'] if inf.get('seconds_per_slice') else None)} slices/s | "
                      f"{mem(inf)} | {_load_text(inf)} |")
-    lines += ["", "Both training structures run under the same precision here. Note: `train.py` runs "
-              "`--update sequential` without autocast, so a sequential training run is slower than this row."]
+    lines += ["", "Both training structures run under the same precision here (as `train.py` runs them: "
+              "`--update combined` is the engine row, `--update sequential` the official structure)."]
     lines += _load_warning((e, o, inf), (sp.get("machine") or {}).get("cores"))
     return lines
 

@@ -623,10 +623,17 @@ def run_training(manifest_path: str | Path | ds.Manifest, output_dir: str | Path
             supervised_only = it < cfg.supervised_iters
             if cfg.update == "sequential" and not supervised_only and xu is not None and lab_cache is None:
                 parts = []
-                for loss in objective.sequential_rounds(xl, yl, xu, rng):
+                rounds = objective.sequential_rounds(xl, yl, xu, rng)
+                while True:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        try:  # the round's forward pass runs inside next()
+                            loss = next(rounds)
+                        except StopIteration:
+                            break
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                     parts.append(float(loss.detach()))
                 out = {"loss": sum(parts), "loss_s": parts[0], "loss_cross": sum(parts[1:]), "loss_c": float("nan")}
             else:

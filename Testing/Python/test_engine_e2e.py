@@ -194,6 +194,20 @@ def test_sigterm_stops_cleanly_after_saving(small_manifest, tmp_path):
     assert torch.load(out / "model_last.pt", weights_only=True)["iteration"] >= 1
 
 
+def test_sequential_update_runs_three_rounds_per_iteration(small_manifest, tmp_path):
+    """--update sequential (the official code's loop): one iteration = three optimiser rounds."""
+    out = tmp_path / "out"
+    r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 1, "--batch-size", 2,
+             "--val-every", 100, "--no-progress", "--update", "sequential", "--warmup-iters", 1)
+    assert r.returncode == 0, r.stderr
+    events = read_events(out / "events.jsonl")
+    it = [e for e in events if e["event"] == "iteration"]
+    assert len(it) == 1 and np.isfinite(it[0]["loss_s"]) and it[0]["loss_cross"] > 0
+    assert it[0]["loss"] == pytest.approx(it[0]["loss_s"] + it[0]["loss_cross"], rel=1e-5)
+    state = torch.load(out / "model_last.pt", weights_only=True)["optimizer"]["state"]
+    assert max(int(v["step"]) for v in state.values()) == 3  # three optimiser steps in the one iteration
+
+
 def test_frozen_encoder_mode_caches_embeddings_and_predicts(small_manifest, tmp_path, busi_dir):
     out = tmp_path / "out"
     r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 2, "--batch-size", 2,
