@@ -31,9 +31,11 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="fast CPU mode: no LoRA; the encoder runs once per image (embeddings cached)")
     g.add_argument("--cache-views", type=int, default=2 if demo else None,
                    help="frozen-encoder mode: cached views per labeled image (the original + augmented copies; "
-                        "default: enough for about 160 labeled embeddings, 1 to 16 per image)")
+                        + ("default 2)" if demo else "default: enough for about 160 labeled embeddings, 1 to 16 per "
+                           "image)"))
     g.add_argument("--cache-views-unlabeled", type=int, default=2 if demo else 1,
-                   help="frozen-encoder mode: cached views per unlabeled image (default 1: the original)")
+                   help="frozen-encoder mode: cached views per unlabeled image "
+                        + ("(default 2)" if demo else "(default 1: the original)"))
     g.add_argument("--embedding-store", metavar="DIR",
                    help="frozen-encoder mode: keep embeddings in DIR so later runs on the same images skip "
                         "the encoder (keyed by encoder weights and image content)")
