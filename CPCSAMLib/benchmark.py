@@ -388,7 +388,7 @@ def _run_worker(spec: dict) -> dict:
     from .modeling.backbones import build_backbone
     from .modeling.dual_sam import DualBranchSAM
     from .objective import CPCObjective
-    from .train import select_device, tune_allocator
+    from .train import select_device, sequential_update, tune_allocator
 
     tune_allocator()
     torch.set_num_threads(int(spec["threads"]))
@@ -469,19 +469,7 @@ def _run_worker(spec: dict) -> dict:
             return float(losses["loss"].detach())
 
         def official_step():
-            rounds = objective.sequential_rounds(xl, yl, xu, rng)
-            total = 0.0
-            while True:
-                with autocast():  # the round's forward runs inside next()
-                    try:
-                        loss = next(rounds)
-                    except StopIteration:
-                        break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-            return total
+            return sum(sequential_update(objective, optimizer, xl, yl, xu, rng, device, amp))
 
         step = official_step if kind == "official" else engine_step
         result["setup_seconds"] = time.perf_counter() - t0
@@ -900,20 +888,18 @@ def prepare_embedding_store(args, plan: Plan) -> Optional[dict]:
         _log(f"embedding store: kept {path} ({old['images']} images, {old['seconds']:.0f} s when computed)")
         return old
     import numpy as np
-    import torch
 
     from . import dataset as ds
     from .modeling.backbones import build_backbone
     from .modeling.dual_sam import DualBranchSAM
-    from .train import EmbeddingCache, EmbeddingStore, autocast_dtype, select_device, tune_allocator
+    from .train import EmbeddingCache, EmbeddingStore, autocast_dtype, prepare_cpu, select_device
 
     device = select_device(args.device)
     if device.type == "cpu":
-        tune_allocator()
-        torch.set_flush_denormal(True)
-        torch.set_num_threads(_threads(args))
+        prepare_cpu(_threads(args))
     amp = autocast_dtype(args.precision, device)
     model = DualBranchSAM(build_backbone("litemedsam"), 1, args.lora_rank, args.decoder_init, args.seed).to(device)
+    model.set_channels_last(device.type == "cpu")  # as the training runs encode
     model.freeze_encoder()
     classes = [ds.ClassInfo(c["name"], c["value"]) for c in CLASSES]
     slices = ds.build_slices([str(plan.root / "images" / n) for n in names], classes, model.input_size, None, None)
