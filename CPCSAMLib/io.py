@@ -14,10 +14,11 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,7 +36,18 @@ IMAGE_EXTENSIONS = IMAGE_2D_EXTENSIONS + IMAGE_3D_EXTENSIONS + (".tif", ".tiff")
 GEOMETRY_TOLERANCE = 1e-3
 
 _COLOUR_COMPONENT_TYPES = (sitk.sitkUInt8, sitk.sitkUInt16)
-_LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's "L" conversion
+
+#: Weights of R, G, B in a grey value: ITU-R BT.601, as PIL's "L" conversion. The one place the
+#: engine (and the Slicer side) turns colour into grey: use :func:`luminance`.
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Grey values (float32) of an array whose last axis holds R, G, B (further channels, such as
+    alpha, are ignored)."""
+    rgb = np.asarray(rgb)
+    grey = rgb[..., :3].astype(np.float64) @ np.asarray(LUMINANCE_WEIGHTS, np.float64)
+    return grey.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,8 +77,7 @@ def _read(path: PathLike, what: str) -> sitk.Image:
     """Read ``path`` with SimpleITK, turning every failure into an InputError."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{what} file not found: {p}. Check the path (relative paths in a "
-                         f"manifest are resolved against the manifest's folder).")
+        raise InputError(f"{what} file not found: {p}. Check the path.")
     if not p.is_file():
         raise InputError(f"{what} path is not a file: {p}. Give the path of an image file.")
     try:
@@ -116,7 +127,7 @@ def _colour_to_array(image: sitk.Image, path: Path, what: str, allow_luminance: 
             f"{what} file {path} is a colour image whose channels differ; a label map must have "
             f"one value per pixel. Save the label map as a single-channel (grayscale) image."
         )
-    return (arr.astype(np.float64) @ _LUMINANCE).astype(np.float32)
+    return luminance(arr)
 
 
 def _component_type(image: sitk.Image) -> int:
@@ -163,20 +174,23 @@ def load_image(path: PathLike) -> sitk.Image:
     return _array_to_image(arr, image)
 
 
-def _read_label_image(path: PathLike) -> sitk.Image:
-    """Read a label map as a scalar integer image with its raw values (no checks vs an image)."""
+def _read_label_image(path: PathLike, what: str = "Label") -> sitk.Image:
+    """Read a label map as a scalar integer image with its raw values (no checks vs an image).
+
+    ``what`` names the file's role in messages (``"Label"``, ``"Prediction"``, ``"Reference"``).
+    """
     p = Path(path)
-    image = _squeeze_4d(_read(p, "Label"), p, "Label")
-    arr = _scalar_array(image, p, "Label", allow_luminance=False)
+    image = _squeeze_4d(_read(p, what), p, what)
+    arr = _scalar_array(image, p, what, allow_luminance=False)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise InputError(f"Label file {p} contains non-integer values (pixel type "
+            raise InputError(f"{what} file {p} contains non-integer values (pixel type "
                              f"{image.GetPixelIDTypeAsString()}). A label map must hold whole "
                              f"numbers (0 = background); save it with an integer pixel type.")
         arr = arr.astype(np.int32)
     if arr.dtype in (np.uint32, np.int64, np.uint64):
         if arr.size and (arr.max() > np.iinfo(np.int32).max or arr.min() < np.iinfo(np.int32).min):
-            raise InputError(f"Label file {p} has values outside the 32-bit range.")
+            raise InputError(f"{what} file {p} has values outside the 32-bit range.")
         arr = arr.astype(np.int32)
     return _array_to_image(arr, image)
 
@@ -187,42 +201,74 @@ def _is_default_geometry(image: sitk.Image) -> bool:
             and np.allclose(image.GetDirection(), np.eye(dim).ravel()))
 
 
-def _geometry_problem(label: sitk.Image, reference: sitk.Image) -> str | None:
+def _plain(values: np.ndarray, digits: int) -> tuple[float, ...]:
+    """Rounded values as plain Python floats (printed ``0.5``, never ``np.float64(0.5)``)."""
+    return tuple(float(v) for v in np.round(np.asarray(values, dtype=float), digits))
+
+
+def _geometry_problem(label: sitk.Image, reference: sitk.Image,
+                      reference_what: str = "image") -> str | None:
     """Describe how the geometry of ``label`` differs from ``reference`` (None if it matches)."""
     tol = GEOMETRY_TOLERANCE
     sl, sr = np.array(label.GetSpacing()), np.array(reference.GetSpacing())
     if np.any(np.abs(sl - sr) > tol * np.maximum(np.abs(sl), np.abs(sr))):
-        return f"spacing {tuple(np.round(sl, 6))} != image spacing {tuple(np.round(sr, 6))}"
+        return f"spacing {_plain(sl, 6)} != {reference_what} spacing {_plain(sr, 6)}"
     # origin: tolerance relative to the voxel size
     ol, orr = np.array(label.GetOrigin()), np.array(reference.GetOrigin())
     if np.any(np.abs(ol - orr) > tol * float(np.mean(sr))):
-        return f"origin {tuple(np.round(ol, 6))} != image origin {tuple(np.round(orr, 6))}"
+        return f"origin {_plain(ol, 6)} != {reference_what} origin {_plain(orr, 6)}"
     dl, dr = np.array(label.GetDirection()), np.array(reference.GetDirection())
     if np.any(np.abs(dl - dr) > tol):
-        return f"direction {tuple(np.round(dl, 4))} != image direction {tuple(np.round(dr, 4))}"
+        return f"direction {_plain(dl, 4)} != {reference_what} direction {_plain(dr, 4)}"
     return None
 
 
+#: Wording of :func:`check_label` for a training label checked against its image.
+TRAINING_WORDING = {
+    "what": "Label",
+    "reference": "image",
+    "pairing": "check that image and label are paired correctly",
+    "resample": "Resample the label onto the image (e.g. in Slicer: export the segmentation "
+                "with the image as reference geometry).",
+    "values": "Add these values as classes in the manifest, or fix the label map.",
+}
+
+#: Wording of :func:`check_label` for a prediction checked against its reference label map.
+EVALUATION_WORDING = {
+    "what": "Prediction",
+    "reference": "reference",
+    "pairing": "check that --pred and --gt list the files in the same order",
+    "resample": "Give a prediction made on the reference's image (same grid).",
+    "values": "Give these values as classes (--classes NAME=VALUE), or check that the "
+              "prediction was made with this class list.",
+}
+
+
 def check_label(label: sitk.Image, path: PathLike, reference: sitk.Image,
-                label_values: Sequence[int]) -> None:
-    """Check size, geometry and values of a label image against its image (raises InputError)."""
+                label_values: Sequence[int], wording: dict | None = None) -> None:
+    """Check size, geometry and values of a label image against its reference (raises InputError).
+
+    ``wording``: :data:`TRAINING_WORDING` (default: a label against its image) or
+    :data:`EVALUATION_WORDING` (a prediction against its reference label map).
+    """
+    w = wording or TRAINING_WORDING
+    what, ref = w["what"], w["reference"]
     p = Path(path)
     if label.GetDimension() != reference.GetDimension() or label.GetSize() != reference.GetSize():
         raise InputError(
-            f"Label file {p} has size {label.GetSize()} but its image has size "
-            f"{reference.GetSize()}. The label map must have exactly the image's size; check "
-            f"that image and label are paired correctly."
+            f"{what} file {p} has size {label.GetSize()} but its {ref} has size "
+            f"{reference.GetSize()}. The {what.lower()} must have exactly the {ref}'s size; "
+            f"{w['pairing']}."
         )
     # 2D images from PNG/JPG/BMP carry no real geometry: the size check is enough there.
     skip = label.GetDimension() == 2 and (_is_default_geometry(label)
                                           or _is_default_geometry(reference))
     if not skip:
-        problem = _geometry_problem(label, reference)
+        problem = _geometry_problem(label, reference, ref)
         if problem:
             raise InputError(
-                f"Label file {p} does not lie on its image's voxel grid: {problem} (tolerance "
-                f"{GEOMETRY_TOLERANCE:g} relative). Resample the label onto the image (e.g. in "
-                f"Slicer: export the segmentation with the image as reference geometry)."
+                f"{what} file {p} does not lie on its {ref}'s voxel grid: {problem} (tolerance "
+                f"{GEOMETRY_TOLERANCE:g} relative). {w['resample']}"
             )
     values = np.unique(sitk.GetArrayViewFromImage(label))
     allowed = {0} | {int(v) for v in label_values}
@@ -230,22 +276,22 @@ def check_label(label: sitk.Image, path: PathLike, reference: sitk.Image,
     if unexpected:
         shown = ", ".join(str(v) for v in unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
         raise InputError(
-            f"Label file {p} contains values not in the class list: {shown}. Allowed values are "
-            f"0 (background) and {sorted(allowed - {0})}. Add these values as classes in the "
-            f"manifest, or fix the label map."
+            f"{what} file {p} contains values not in the class list: {shown}. Allowed values are "
+            f"0 (background) and {sorted(allowed - {0})}. {w['values']}"
         )
 
 
-def load_label(path: PathLike, reference: sitk.Image, label_values: Sequence[int]) -> sitk.Image:
+def load_label(path: PathLike, reference: sitk.Image, label_values: Sequence[int],
+               wording: dict | None = None) -> sitk.Image:
     """Read a label map and check it against ``reference`` (its image) and the class values.
 
     RGB masks with equal channels are reduced to one channel. Checks: same dimension and size as
     the reference; same spacing/origin/direction within 1e-3 relative (skipped for 2D images
     without geometry, e.g. PNG); every value in {0} ∪ ``label_values``. Returns an integer image
-    with the raw values.
+    with the raw values. ``wording``: see :func:`check_label`.
     """
-    label = _read_label_image(path)
-    check_label(label, path, reference, label_values)
+    label = _read_label_image(path, (wording or TRAINING_WORDING)["what"])
+    check_label(label, path, reference, label_values, wording)
     return label
 
 
@@ -254,21 +300,13 @@ def load_label(path: PathLike, reference: sitk.Image, label_values: Sequence[int
 # --------------------------------------------------------------------------------------------
 
 
-def _check_values(label_values: Sequence[int]) -> list[int]:
-    values = [int(v) for v in label_values]
-    if len(values) > 255:
-        raise InputError(f"At most 255 classes are supported, got {len(values)}.")
-    if 0 in values or len(set(values)) != len(values):
-        raise InputError(f"Class label values must be unique and non-zero, got {values}.")
-    return values
-
-
 def label_to_index(arr: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
     """Map raw label values to class indices (0 = background, value ``label_values[i]`` -> i+1).
 
+    ``label_values`` come from a validated class list (:func:`CPCSAMLib.dataset.parse_classes`).
     Raises InputError when ``arr`` holds a value outside {0} ∪ ``label_values``.
     """
-    values = _check_values(label_values)
+    values = [int(v) for v in label_values]
     arr = np.asarray(arr)
     out = np.zeros(arr.shape, dtype=np.uint8)
     known = arr == 0
@@ -283,8 +321,11 @@ def label_to_index(arr: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
 
 
 def index_to_label(arr: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
-    """Map class indices ``0..C`` back to the raw label values (inverse of label_to_index)."""
-    values = _check_values(label_values)
+    """Map class indices ``0..C`` back to the raw label values (inverse of label_to_index).
+
+    ``label_values`` come from a validated class list (:func:`CPCSAMLib.dataset.parse_classes`).
+    """
+    values = [int(v) for v in label_values]
     arr = np.asarray(arr)
     lo, hi = min(values + [0]), max(values + [0])
     for dtype in (np.uint8, np.uint16, np.int16, np.int32):
@@ -418,23 +459,117 @@ def resize(arr2d: np.ndarray, size: int | Sequence[int], is_label: bool) -> np.n
     return out.astype(np.float32, copy=False)
 
 
-def resize_back(arr2d: np.ndarray, shape: Sequence[int], is_label: bool) -> np.ndarray:
-    """Resize a 2D array back to the original slice ``shape`` (H, W); see :func:`resize`."""
-    return resize(arr2d, tuple(shape), is_label)
-
-
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
 
 
-def write_image_atomic(image: sitk.Image, path: PathLike) -> None:
-    """Write ``image`` to ``path`` atomically (compressed).
+def process_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe for that instant)
+    os.umask(mask)
+    return mask
 
-    The image goes to a temporary file in the same folder (``.tmp-XXXX<ext>``), which then
-    replaces ``path`` with ``os.replace``. On failure the temporary file is removed, ``path`` is
-    left as it was, and InputError is raised. The folder is created if needed. ``.mhd``/``.hdr``
-    (header + separate data file) cannot be written atomically: use ``.mha``/``.nii.gz``.
+
+def _temp_pattern(target: Path) -> tuple[str, str]:
+    """Prefix and suffix of the temporary files of writes to ``target``."""
+    return f".{target.name}.", f".tmp{extension(target)}"
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` atomically.
+
+    THE atomic writer of the package: the caller writes the whole file to the yielded path (any
+    writer: ``open``, ``torch.save``, ``sitk.WriteImage``; the temporary name ends with
+    ``path``'s extension, e.g. ``.model.pt.k2j3.tmp.pt``). When the block ends without error the
+    file is flushed to disk (fsync), given the mode a new file gets under the process umask
+    (0644 under umask 022; ``mkstemp`` alone gives 0600), and renamed onto ``path`` with
+    ``os.replace``. On any error (or KeyboardInterrupt) the temporary file is removed and
+    ``path`` is left as it was. The folder is created if needed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = _temp_pattern(target)
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=str(target.parent))
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "r+b") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~process_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_folder(target.parent)
+
+
+def remove_temp_files(path: PathLike) -> list[Path]:
+    """Remove temporary files left by interrupted :func:`atomic_path` writes to ``path``.
+
+    Only files named like the writer's temporaries for this exact target are touched. Call it
+    while no other writer targets ``path`` (e.g. under the output folder's lock). Returns the
+    removed files.
+    """
+    target = Path(path)
+    prefix, suffix = _temp_pattern(target)
+    removed = []
+    if target.parent.is_dir():
+        for p in target.parent.iterdir():
+            if p.name.startswith(prefix) and p.name.endswith(suffix) and p.is_file():
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError:
+                    pass
+    return removed
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`). Returns ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
+    """Write ``data`` (str as UTF-8, or bytes) to ``path`` atomically (see :func:`atomic_path`)."""
+    return write_bytes_atomic(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_image_atomic(image: sitk.Image, path: PathLike) -> None:
+    """Write ``image`` to ``path`` atomically (compressed), through :func:`atomic_path`.
+
+    On failure ``path`` is left as it was, no temporary file remains, and InputError is raised.
+    ``.mhd``/``.hdr`` (header + separate data file) cannot be written atomically: use
+    ``.mha``/``.nii.gz``.
     """
     target = Path(path)
     ext = extension(target)
@@ -445,47 +580,9 @@ def write_image_atomic(image: sitk.Image, path: PathLike) -> None:
         raise InputError(f"Output file {target} has no extension; add one (e.g. .nrrd, .png) so "
                          f"the writer can be chosen.")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=str(target.parent))
-        os.close(fd)
-    except OSError as exc:
-        raise InputError(f"Cannot write {target}: {exc}. Check that the folder exists and is "
-                         f"writable.") from exc
-    try:
-        sitk.WriteImage(image, tmp, True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, (RuntimeError, OSError)):
-            raise InputError(f"Cannot write {target}: {_sitk_reason(exc)}. Check that the folder is "
-                             f"writable and that the format supports this pixel type "
-                             f"({image.GetPixelIDTypeAsString()}).") from exc
-        raise
-
-
-def write_text_atomic(path: Union[str, Path], data: Union[str, bytes]) -> Path:
-    """Writes ``data`` to a temporary file in ``path``'s folder, then renames it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix + ".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+        with atomic_path(target) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+    except (RuntimeError, OSError) as exc:
+        raise InputError(f"Cannot write {target}: {_sitk_reason(exc)}. Check that the folder is "
+                         f"writable and that the format supports this pixel type "
+                         f"({image.GetPixelIDTypeAsString()}).") from exc

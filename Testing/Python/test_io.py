@@ -58,6 +58,8 @@ def test_rgb_different_channels_gives_luminance(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(tmp_path / "c.png"))
     expected = rgba[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     np.testing.assert_allclose(_arr(io.load_image(tmp_path / "c.png")), expected, atol=1e-3)
+    np.testing.assert_allclose(io.luminance(rgba), expected, atol=1e-3)
+    assert io.luminance(rgba).dtype == np.float32
 
 
 def test_load_label_values_and_geometry(nrrd3d_dir):
@@ -155,7 +157,8 @@ def test_label_geometry_mismatch_3d(nrrd3d_dir, tmp_path):
     label.SetOrigin(origin)
     path = tmp_path / "shifted_label.nrrd"
     sitk.WriteImage(label, str(path))
-    _raises_naming(io.load_label, path, image, [1], match="origin")
+    msg = _raises_naming(io.load_label, path, image, [1], match="origin")
+    assert "np.float64" not in msg and "image origin (" in msg
 
 
 def test_label_spacing_mismatch_3d(nrrd3d_dir, tmp_path):
@@ -164,7 +167,8 @@ def test_label_spacing_mismatch_3d(nrrd3d_dir, tmp_path):
     label.SetSpacing([s * 1.01 for s in label.GetSpacing()])
     path = tmp_path / "spaced_label.nrrd"
     sitk.WriteImage(label, str(path))
-    _raises_naming(io.load_label, path, image, [1], match="spacing")
+    msg = _raises_naming(io.load_label, path, image, [1], match="spacing")
+    assert "np.float64" not in msg
 
 
 def test_label_geometry_within_tolerance_is_accepted(nrrd3d_dir, tmp_path):
@@ -326,10 +330,98 @@ def test_resize_and_back(busi_dir):
     small = io.resize(mask, 128, is_label=True)
     assert small.shape == (128, 128) and small.dtype == mask.dtype
     assert set(np.unique(small)) <= {0, 255}
-    back = io.resize_back(small, mask.shape, is_label=True)
+    back = io.resize(small, mask.shape, is_label=True)
     assert back.shape == mask.shape and set(np.unique(back)) <= {0, 255}
     assert (back == mask).mean() > 0.98
     img = _arr(io.load_image(busi_dir / "images" / "benign_006.png"))
     r = io.resize(img, (100, 120), is_label=False)
     assert r.shape == (100, 120) and r.dtype == np.float32
     assert img.min() <= r.min() and r.max() <= img.max()
+
+
+# ------------------------------------------------------------------------------ one atomic writer
+
+
+class _umask:
+    def __init__(self, mask: int) -> None:
+        self.mask = mask
+
+    def __enter__(self):
+        self.old = os.umask(self.mask)
+
+    def __exit__(self, *exc):
+        os.umask(self.old)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_atomic_writers_respect_umask(nrrd3d_dir, tmp_path):
+    label = sitk.ReadImage(str(nrrd3d_dir / "breast1_label.nrrd"))
+    with _umask(0o022):
+        io.write_text_atomic(tmp_path / "a.json", "{}\n")
+        io.write_bytes_atomic(tmp_path / "b.bin", b"\x00\x01")
+        io.write_image_atomic(label, tmp_path / "c.nrrd")
+        with io.atomic_path(tmp_path / "d.txt") as tmp:
+            tmp.write_text("written by any writer")
+    assert {p.name: _mode(p) for p in tmp_path.iterdir()} == {
+        "a.json": 0o644, "b.bin": 0o644, "c.nrrd": 0o644, "d.txt": 0o644}
+    assert (tmp_path / "d.txt").read_text() == "written by any writer"
+    with _umask(0o077):
+        io.write_text_atomic(tmp_path / "a.json", "{}\n")
+    with _umask(0o002):
+        io.write_text_atomic(tmp_path / "e.json", "{}\n")
+    assert _mode(tmp_path / "a.json") == 0o600 and _mode(tmp_path / "e.json") == 0o664
+    assert io.process_umask() == os.umask(os.umask(0o022))
+
+
+def test_atomic_path_failure_keeps_target_and_removes_temp(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"good model")
+    with pytest.raises(RuntimeError, match="disk went away"):
+        with io.atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.endswith(".tmp.pt")
+            tmp.write_bytes(b"half a mod")
+            raise RuntimeError("disk went away")
+    assert target.read_bytes() == b"good model"
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_atomic_writer_unwritable_place(nrrd3d_dir, tmp_path):
+    """The folder cannot be created (a file is in the way): the image writer says so as an
+    InputError naming the target; nothing is left behind."""
+    (tmp_path / "blocker").write_bytes(b"a file, not a folder")
+    target = tmp_path / "blocker" / "x.nrrd"
+    with pytest.raises(InputError, match="blocker/x.nrrd"):
+        io.write_image_atomic(sitk.ReadImage(str(nrrd3d_dir / "breast1_label.nrrd")), target)
+    with pytest.raises(OSError):
+        io.write_text_atomic(tmp_path / "blocker" / "x.json", "{}")
+    assert os.listdir(tmp_path) == ["blocker"]
+
+
+def test_remove_temp_files_after_a_killed_writer(tmp_path):
+    """A real process killed (SIGKILL) inside atomic_path leaves its temporary file; the target
+    is untouched and remove_temp_files removes exactly that leftover."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "model_last.pt"
+    target.write_bytes(b"iteration 10")
+    (tmp_path / "unrelated.tmp.pt").write_bytes(b"keep")
+    code = ("import os, signal, sys; from CPCSAMLib import io\n"
+            "with io.atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'partial')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".model_last.pt.")]
+    assert len(left) == 1 and left[0].read_bytes() == b"partial"
+    assert target.read_bytes() == b"iteration 10"
+    assert io.remove_temp_files(target) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_last.pt", "unrelated.tmp.pt"]
+
+
+def test_dead_code_is_gone():
+    assert not hasattr(io, "resize_back") and not hasattr(io, "_check_values")
