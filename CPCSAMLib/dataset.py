@@ -31,16 +31,20 @@ Three ways to describe a training set, all giving a :class:`Manifest`:
    Without ``classes.json`` the classes are the non-zero values found in ``labeled/labels``,
    named ``label_<value>``. Hidden files (starting with ``.``) are ignored.
 
+Class lists have one shape and one parser: :class:`ClassInfo` and :func:`parse_classes` (every
+rule on classes is checked there, once; other modules take its result).
+
 This module reads files but never writes any, except :func:`save_manifest`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,12 +60,114 @@ PathLike = Union[str, "os.PathLike[str]"]
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassInfo:
-    """One segmentation class: its name and the value it has in the label files."""
+    """One segmentation class: its name, the value it has in the label files, and optionally its
+    display colour (r, g, b in 0..1) and terminology (a Slicer terminology string).
+
+    Build class lists with :func:`parse_classes`, which checks them.
+    """
 
     name: str
     value: int
+    color: Optional[tuple[float, float, float]] = None
+    terminology: Optional[str] = None
+
+
+_CLASS_KEYS = ("name", "value", "color", "terminology")
+_CLASS_EXAMPLE = '[{"name": "lesion", "value": 255}] or ["lesion=255"]'
+
+
+def _parse_color(raw: Any, where: str) -> Optional[tuple[float, float, float]]:
+    if raw is None:
+        return None
+    ok = (isinstance(raw, (list, tuple)) and len(raw) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+          and all(math.isfinite(v) and 0 <= v <= 255 for v in raw))
+    if not ok:
+        raise InputError(f"{where}.color must be [r, g, b] with values in 0..1 (or 0..255), "
+                         f"got {raw!r}.")
+    if max(raw) > 1:  # 0..255 colours
+        return tuple(round(float(v) / 255.0, 6) for v in raw)  # type: ignore[return-value]
+    return tuple(float(v) for v in raw)  # type: ignore[return-value]
+
+
+def _parse_class(item: Any, where: str) -> ClassInfo:
+    """One class from a dict, a "NAME=VALUE" string or a ClassInfo (values not yet compared)."""
+    if isinstance(item, ClassInfo):
+        item = {"name": item.name, "value": item.value, "color": item.color,
+                "terminology": item.terminology}
+    elif isinstance(item, str):
+        name, sep, value = item.rpartition("=")
+        try:
+            number = int(value.strip()) if sep else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise InputError(f"{where} must look like NAME=VALUE (e.g. lesion=255), got {item!r}.")
+        item = {"name": name, "value": number}
+    if not isinstance(item, dict) or not {"name", "value"} <= set(item) \
+            or not set(item) <= set(_CLASS_KEYS):
+        raise InputError(f"{where} must be an object with the keys \"name\" and \"value\" "
+                         f"(optionally \"color\" and \"terminology\"), got {item!r}.")
+    name, value = item["name"], item["value"]
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{where}.name must be a non-empty string, got {name!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{where}.value must be an integer label value, got {value!r}.")
+    terminology = item.get("terminology")
+    if terminology is not None and (not isinstance(terminology, str) or not terminology.strip()):
+        raise InputError(f"{where}.terminology must be a non-empty string, got {terminology!r}.")
+    return ClassInfo(name.strip(), int(value), _parse_color(item.get("color"), where),
+                     terminology)
+
+
+def parse_classes(raw: Any, source: str) -> list[ClassInfo]:
+    """THE class-list parser: every rule on a class list is checked here, once.
+
+    ``raw``: a non-empty list whose items are ``{"name", "value"[, "color"][, "terminology"]}``
+    dicts, ``"NAME=VALUE"`` strings or :class:`ClassInfo` objects (mixing is allowed). Rules:
+    names are non-empty and unique; values are integers, non-zero (0 is the background), unique
+    and within 32 bits; at most 255 classes; a colour is [r, g, b] in 0..1 (or 0..255, then
+    scaled to 0..1). ``source`` names where the list came from in error messages (a manifest,
+    ``--classes``, a model file). Raises InputError.
+    """
+    if isinstance(raw, (str, dict)) or not isinstance(raw, Iterable):
+        raise InputError(f"{source}: the classes must be a non-empty list like {_CLASS_EXAMPLE}, "
+                         f"got {raw!r}.")
+    items = list(raw)
+    if not items:
+        raise InputError(f"{source}: at least one class is needed, e.g. {_CLASS_EXAMPLE}.")
+    classes = [_parse_class(item, f"{source}: classes[{i}]") for i, item in enumerate(items)]
+    values = [c.value for c in classes]
+    names = [c.name for c in classes]
+    if 0 in values:
+        raise InputError(f"{source}: class value 0 is reserved for background; use non-zero "
+                         f"label values.")
+    for what, seq in (("values", values), ("names", names)):
+        dup = next((x for i, x in enumerate(seq) if x in seq[:i]), None)
+        if dup is not None:
+            raise InputError(f"{source}: class {what} must be unique; {dup!r} is given twice "
+                             f"(in {seq}).")
+    if any(abs(v) > 2**31 - 1 for v in values):
+        raise InputError(f"{source}: class values must fit in 32 bits, got {values}.")
+    if len(values) > 255:
+        raise InputError(f"{source}: at most 255 classes are supported, got {len(values)}.")
+    return classes
+
+
+def classes_to_json(classes: Sequence[ClassInfo]) -> list[dict]:
+    """The class list as JSON-ready dicts (``color`` and ``terminology`` only when set); read
+    back with :func:`parse_classes`."""
+    out = []
+    for c in classes:
+        entry: dict[str, Any] = {"name": c.name, "value": int(c.value)}
+        if c.color is not None:
+            entry["color"] = [float(v) for v in c.color]
+        if c.terminology is not None:
+            entry["terminology"] = c.terminology
+        out.append(entry)
+    return out
 
 
 @dataclass
@@ -86,45 +192,6 @@ class Manifest:
 
 
 _MANIFEST_KEYS = {"classes", "labeled", "unlabeled", "validation", "axis"}
-
-
-def _parse_classes(raw: Any, source: str) -> list[ClassInfo]:
-    if not isinstance(raw, list) or not raw:
-        raise InputError(f"{source}: 'classes' must be a non-empty list like "
-                         f'[{{"name": "lesion", "value": 255}}].')
-    classes = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != {"name", "value"}:
-            raise InputError(f"{source}: classes[{i}] must be an object with exactly the keys "
-                             f'"name" and "value", got {item!r}.')
-        name, value = item["name"], item["value"]
-        if not isinstance(name, str) or not name.strip():
-            raise InputError(f"{source}: classes[{i}].name must be a non-empty string.")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{source}: classes[{i}].value must be an integer label value, "
-                             f"got {value!r}.")
-        classes.append(ClassInfo(name.strip(), int(value)))
-    validate_classes(classes, source)
-    return classes
-
-
-def validate_classes(classes: Sequence[ClassInfo], source: str = "class list") -> None:
-    """Check class values are unique, non-zero, 32-bit, and names unique (raises InputError)."""
-    if not classes:
-        raise InputError(f"{source}: at least one class is needed.")
-    values = [c.value for c in classes]
-    names = [c.name for c in classes]
-    if 0 in values:
-        raise InputError(f"{source}: class value 0 is reserved for background; use non-zero "
-                         f"label values.")
-    if len(set(values)) != len(values):
-        raise InputError(f"{source}: class values must be unique, got {values}.")
-    if len(set(names)) != len(names):
-        raise InputError(f"{source}: class names must be unique, got {names}.")
-    if any(abs(v) > 2**31 - 1 for v in values):
-        raise InputError(f"{source}: class values must fit in 32 bits, got {values}.")
-    if len(values) > 255:
-        raise InputError(f"{source}: at most 255 classes are supported.")
 
 
 def _resolve(root: Path, p: Any, source: str, where: str) -> Path:
@@ -160,14 +227,33 @@ def _check_files_exist(manifest: Manifest, source: str) -> None:
                          f"or the files.")
 
 
+def _first_duplicate(paths: Iterable[Path]) -> Optional[tuple[Path, int]]:
+    """The first path listed more than once (compared resolved) and how often it is listed."""
+    seen: dict[Path, int] = {}
+    for p in paths:
+        key = p.resolve()
+        seen[key] = seen.get(key, 0) + 1
+    for p in paths:
+        if seen[p.resolve()] > 1:
+            return p, seen[p.resolve()]
+    return None
+
+
 def _check_manifest(manifest: Manifest, source: str) -> None:
-    validate_classes(manifest.classes, source)
+    manifest.classes = parse_classes(manifest.classes, source)
     if not manifest.labeled:
         raise InputError(f"{source}: at least one labeled image/label pair is needed.")
     if manifest.axis is not None and (isinstance(manifest.axis, bool)
                                       or manifest.axis not in (0, 1, 2)):
         raise InputError(f"{source}: 'axis' must be 0, 1, 2 (x, y, z) or null, "
                          f"got {manifest.axis!r}.")
+    for key, paths in (("labeled", [p for p, _ in manifest.labeled]),
+                       ("unlabeled", list(manifest.unlabeled)),
+                       ("validation", [p for p, _ in manifest.validation])):
+        dup = _first_duplicate(paths)
+        if dup:
+            raise InputError(f"{source}: the image {dup[0]} is listed {dup[1]} times in the "
+                             f"{key} list. List each image once.")
     labeled_images = {p.resolve() for p, _ in manifest.labeled}
     both = [p for p in manifest.unlabeled if p.resolve() in labeled_images]
     if both:
@@ -179,8 +265,9 @@ def _check_manifest(manifest: Manifest, source: str) -> None:
 def load_manifest(path: PathLike) -> Manifest:
     """Read and validate a manifest (JSON; YAML for ``.yml``/``.yaml`` when PyYAML is installed).
 
-    Checks: known keys only, at least one labeled pair, class values unique and non-zero, every
-    listed file exists (the error names the missing files and the manifest).
+    Checks: known keys only, at least one labeled pair, the class list (:func:`parse_classes`),
+    no image listed twice (within a list, or as both labeled and unlabeled), every listed file
+    exists (the error names the missing files and the manifest).
     """
     path = Path(path).expanduser()
     source = f"Manifest {path}"
@@ -220,7 +307,7 @@ def load_manifest(path: PathLike) -> Manifest:
     if not isinstance(unlabeled_raw, list):
         raise InputError(f"{source}: 'unlabeled' must be a list of image paths.")
     manifest = Manifest(
-        classes=_parse_classes(data["classes"], source),
+        classes=parse_classes(data["classes"], source),
         labeled=_parse_pairs(data["labeled"], root, source, "labeled"),
         unlabeled=[_resolve(root, p, source, f"unlabeled[{i}]")
                    for i, p in enumerate(unlabeled_raw)],
@@ -239,10 +326,6 @@ def _rel(p: Path, folder: Path) -> str:
         return Path(p).resolve().as_posix()
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    io.write_text_atomic(path, text)
-
-
 def manifest_to_dict(manifest: Manifest, folder: PathLike) -> dict:
     """The manifest as a JSON-ready dict, paths relative to ``folder`` where they lie below it.
 
@@ -250,7 +333,7 @@ def manifest_to_dict(manifest: Manifest, folder: PathLike) -> dict:
     """
     folder = Path(folder).resolve()
     return {
-        "classes": [{"name": c.name, "value": int(c.value)} for c in manifest.classes],
+        "classes": classes_to_json(manifest.classes),
         "labeled": [{"image": _rel(i, folder), "label": _rel(l, folder)}
                     for i, l in manifest.labeled],
         "unlabeled": [_rel(p, folder) for p in manifest.unlabeled],
@@ -264,20 +347,35 @@ def save_manifest(manifest: Manifest, path: PathLike) -> None:
     """Write ``manifest`` as JSON (atomically), paths relative to the manifest's folder."""
     path = Path(path).expanduser()
     data = manifest_to_dict(manifest, path.parent if str(path.parent) else Path.cwd())
-    _write_text_atomic(json.dumps(data, indent=2) + "\n", path)
+    io.write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def _read_list(root: Path, lst: PathLike | Sequence[str]) -> tuple[list[str], str]:
-    """Names from a split list: a text file (path, relative to root) or a list of names."""
-    if isinstance(lst, (str, os.PathLike)):
-        p = Path(lst).expanduser()
-        p = p if p.is_absolute() else root / p
+def read_split_list(names: PathLike | Sequence[str], root: PathLike | None = None
+                    ) -> tuple[list[str], str]:
+    """THE split-list reader: names from a text file, or a given list of names.
+
+    A text file holds one file name per line; blank lines and lines starting with ``#`` are
+    skipped; a relative path is resolved against ``root`` (default: the current folder). Returns
+    ``(names, source)``, ``source`` naming the file (or "given list") for messages.
+    """
+    if isinstance(names, (str, os.PathLike)):
+        p = Path(names).expanduser()
+        if not p.is_absolute() and root is not None:
+            p = Path(root).expanduser() / p
         if not p.is_file():
             raise InputError(f"Split list not found: {p}.")
-        names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-        names = [n for n in names if n and not n.startswith("#")]
-        return names, str(p)
-    return [str(n) for n in lst], "given list"
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"Cannot read split list {p}: {exc}.") from exc
+        return [n for n in (ln.strip() for ln in lines) if n and not n.startswith("#")], str(p)
+    return [str(n) for n in names], "given list"
+
+
+def _refuse_repeated_names(names: list[str], source: str) -> None:
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise InputError(f"{source} lists {dup!r} {names.count(dup)} times. List each image once.")
 
 
 def manifest_from_split_lists(root: PathLike, train_list: PathLike | Sequence[str],
@@ -294,9 +392,11 @@ def manifest_from_split_lists(root: PathLike, train_list: PathLike | Sequence[st
     """
     root = Path(root).expanduser().resolve()
     source = f"Split lists in {root}"
-    train, train_src = _read_list(root, train_list)
-    labeled, labeled_src = _read_list(root, labeled_list)
-    val = _read_list(root, val_list)[0] if val_list is not None else []
+    train, train_src = read_split_list(train_list, root)
+    labeled, labeled_src = read_split_list(labeled_list, root)
+    val, val_src = read_split_list(val_list, root) if val_list is not None else ([], "")
+    for names, src in ((train, train_src), (labeled, labeled_src), (val, val_src)):
+        _refuse_repeated_names(names, f"{source}: {src}")
     not_in_train = [n for n in labeled if n not in set(train)]
     if not_in_train:
         raise InputError(f"{source}: {len(not_in_train)} labeled name(s) from {labeled_src} are "
@@ -304,7 +404,8 @@ def manifest_from_split_lists(root: PathLike, train_list: PathLike | Sequence[st
     labeled_set = set(labeled)
     images, masks = root / image_dir, root / mask_dir
     manifest = Manifest(
-        classes=list(classes) if classes is not None else [ClassInfo("lesion", 255)],
+        classes=(parse_classes(classes, source) if classes is not None
+                 else [ClassInfo("lesion", 255)]),
         labeled=[(images / n, masks / n) for n in labeled],
         unlabeled=[images / n for n in train if n not in labeled_set],
         validation=[(images / n, masks / n) for n in val],
@@ -366,7 +467,7 @@ def manifest_from_folder(root: PathLike) -> Manifest:
                                  f"'classes', 'axis'.")
             axis = data.get("axis")
             data = data.get("classes")
-        classes = _parse_classes(data, str(classes_file))
+        classes = parse_classes(data, str(classes_file))
     else:
         values: set[int] = set()
         for _, lab in labeled:
@@ -467,7 +568,7 @@ def build_slices(pairs_or_images: Sequence[Union[tuple[PathLike, PathLike], Path
 
 
 # --------------------------------------------------------------------------------------------
-# augmentation and torch datasets
+# augmentation
 # --------------------------------------------------------------------------------------------
 
 
@@ -499,50 +600,3 @@ def augment(image: np.ndarray, label: np.ndarray | None,
     if lab is not None:
         lab = np.ascontiguousarray(lab, dtype=label.dtype)
     return img, lab
-
-
-try:  # torch is only needed for TrainSlices; manifests work without it (e.g. in Slicer)
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # pragma: no cover
-    _TorchDataset = object  # type: ignore[misc,assignment]
-
-
-class TrainSlices(_TorchDataset):  # type: ignore[misc,valid-type]
-    """Torch ``Dataset`` over a :class:`SliceSet`.
-
-    Items: ``{"image": FloatTensor [1, S, S], "label": LongTensor [S, S] (if labels exist),
-    "index": int}``. With ``augment=True`` every item goes through :func:`augment` using a numpy
-    Generator seeded from ``torch.initial_seed()`` of the current process/worker (so runs are
-    reproducible under ``torch.manual_seed`` and DataLoader workers differ).
-    """
-
-    def __init__(self, slices: SliceSet, augment: bool = False) -> None:
-        self.slices = slices
-        self.augment = augment
-        self._rng: np.random.Generator | None = None
-        self._rng_key: tuple[int, int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def _generator(self) -> np.random.Generator:
-        import torch
-
-        key = (os.getpid(), int(torch.initial_seed()))
-        if self._rng is None or self._rng_key != key:
-            self._rng = np.random.default_rng(key[1])
-            self._rng_key = key
-        return self._rng
-
-    def __getitem__(self, index: int) -> dict:
-        import torch
-
-        image = self.slices.images[index]
-        label = self.slices.labels[index] if self.slices.labels is not None else None
-        if self.augment:
-            image, label = augment(image, label, self._generator())
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image, np.float32)[None]),
-                "index": int(index)}
-        if label is not None:
-            item["label"] = torch.from_numpy(label.astype(np.int64))
-        return item

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from CPCSAMLib import dataset as ds
 from CPCSAMLib.errors import InputError
@@ -90,6 +89,12 @@ def test_manifest_missing_file_named(busi_dir, tmp_path):
     ({"classes": [{"name": "a", "value": 0}]}, "background"),
     ({"classes": [{"name": "a", "value": 1}, {"name": "b", "value": 1}]}, "unique"),
     ({"classes": [{"name": "a", "value": "1"}]}, "integer"),
+    ({"classes": [{"name": "a", "value": 1, "colour": [1, 0, 0]}]}, "exactly|keys"),
+    ({"classes": [{"name": "a", "value": 1}, {"name": "a", "value": 2}]}, "'a' is given twice"),
+    ({"labeled": [{"image": "images/benign_006.png", "label": "masks/benign_006.png"}] * 3},
+     "benign_006.png is listed 3 times in the labeled list"),
+    ({"unlabeled": ["images/benign_006.png", "images/benign_006.png"]},
+     "benign_006.png is listed 2 times in the unlabeled list"),
     ({"axis": 5}, "axis"),
     ({"unlabelled": []}, "unknown key"),
 ])
@@ -256,17 +261,93 @@ def test_augment_rotation_range_and_determinism(busi_dir):
     assert min(angles) >= -20 and max(angles) <= 20
 
 
-def test_train_slices_dataset(busi_dir):
-    s = _busi_slice(busi_dir, size=48)
-    d = ds.TrainSlices(s, augment=True)
-    assert isinstance(d, torch.utils.data.Dataset) and len(d) == 1
-    item = d[0]
-    assert item["image"].shape == (1, 48, 48) and item["image"].dtype == torch.float32
-    assert item["label"].shape == (48, 48) and item["label"].dtype == torch.int64
-    torch.manual_seed(3)
-    first = ds.TrainSlices(s, augment=True)[0]["image"]
-    torch.manual_seed(3)
-    second = ds.TrainSlices(s, augment=True)[0]["image"]
-    assert torch.equal(first, second)
-    plain = ds.TrainSlices(ds.SliceSet(s.images, None, s.source))[0]
-    assert "label" not in plain and torch.equal(plain["image"][0], torch.from_numpy(s.images[0]))
+# ------------------------------------------------------------------------------ class lists
+
+
+def test_parse_classes_shapes_and_round_trip():
+    classes = ds.parse_classes([
+        {"name": "lesion", "value": 255, "color": [255, 0, 0]},
+        "cyst = 7",
+        {"name": "liver", "value": 3, "color": [0.2, 0.5, 1.0],
+         "terminology": "SCT^10200004^Liver"},
+        ds.ClassInfo("fluid", 9),
+    ], "test")
+    assert classes == [ds.ClassInfo("lesion", 255, (1.0, 0.0, 0.0)), ds.ClassInfo("cyst", 7),
+                       ds.ClassInfo("liver", 3, (0.2, 0.5, 1.0), "SCT^10200004^Liver"),
+                       ds.ClassInfo("fluid", 9)]
+    as_json = ds.classes_to_json(classes)
+    assert as_json[1] == {"name": "cyst", "value": 7}
+    assert as_json[2]["terminology"] == "SCT^10200004^Liver"
+    assert ds.parse_classes(json.loads(json.dumps(as_json)), "again") == classes
+
+
+@pytest.mark.parametrize("raw, match", [
+    ([], "at least one class"),
+    ("lesion=255", "must be a non-empty list"),
+    (["lesion"], "NAME=VALUE"),
+    (["lesion=abc"], "NAME=VALUE"),
+    (["a=0"], "background"),
+    (["a=1", "b=1"], "values must be unique; 1 is given twice"),
+    (["a=1", "a=2"], "names must be unique; 'a' is given twice"),
+    ([{"name": "a", "value": True}], "integer"),
+    ([{"name": " ", "value": 1}], "non-empty string"),
+    ([{"name": "a", "value": 1, "color": [1, 0]}], "color"),
+    ([{"name": "a", "value": 1, "color": [300, 0, 0]}], "color"),
+    ([{"name": "a", "value": 1, "terminology": ""}], "terminology"),
+    ([f"c{v}={v}" for v in range(1, 257)], "at most 255"),
+    (["a=4294967296"], "32 bits"),
+])
+def test_parse_classes_rules(raw, match):
+    with pytest.raises(InputError, match=match) as info:
+        ds.parse_classes(raw, "--classes")
+    assert str(info.value).startswith("--classes")
+
+
+def test_manifest_keeps_colour_and_terminology(busi_dir, tmp_path):
+    _busi_pair_copy(busi_dir, tmp_path, "benign_006.png")
+    classes = [{"name": "lesion", "value": 255, "color": [1.0, 0.5, 0.0],
+                "terminology": "SCT^49755003^Morphologically altered structure"}]
+    path = _write_manifest(tmp_path, {
+        "classes": classes,
+        "labeled": [{"image": "images/benign_006.png", "label": "masks/benign_006.png"}]})
+    m = ds.load_manifest(path)
+    assert m.classes[0].color == (1.0, 0.5, 0.0) and m.classes[0].terminology.startswith("SCT")
+    ds.save_manifest(m, tmp_path / "saved.json")
+    assert json.loads((tmp_path / "saved.json").read_text())["classes"] == classes
+
+
+# ------------------------------------------------------------------------------ split lists
+
+
+def test_read_split_list_file_and_names(tmp_path):
+    (tmp_path / "l.txt").write_text("# header\na.png\n\n  b.png  \n", encoding="utf-8")
+    assert ds.read_split_list("l.txt", tmp_path) == (["a.png", "b.png"], str(tmp_path / "l.txt"))
+    assert ds.read_split_list(["x.png"]) == (["x.png"], "given list")
+    with pytest.raises(InputError, match="Split list not found"):
+        ds.read_split_list("none.txt", tmp_path)
+
+
+def test_split_lists_refuse_repeated_names(busi_dir, tmp_path):
+    for n in ("benign_006.png", "benign_162.png"):
+        _busi_pair_copy(busi_dir, tmp_path, n)
+    (tmp_path / "train.txt").write_text("benign_006.png\nbenign_162.png\nbenign_162.png\n")
+    (tmp_path / "lab.txt").write_text("benign_006.png\n")
+    with pytest.raises(InputError, match=r"train.txt lists 'benign_162.png' 2 times"):
+        ds.manifest_from_split_lists(tmp_path, "train.txt", "lab.txt")
+    (tmp_path / "train.txt").write_text("benign_006.png\nbenign_162.png\n")
+    (tmp_path / "lab.txt").write_text("benign_006.png\nbenign_006.png\nbenign_006.png\n")
+    with pytest.raises(InputError, match=r"lab.txt lists 'benign_006.png' 3 times"):
+        ds.manifest_from_split_lists(tmp_path, "train.txt", "lab.txt")
+    (tmp_path / "lab.txt").write_text("benign_006.png\n")
+    m = ds.manifest_from_split_lists(tmp_path, "train.txt", "lab.txt")
+    assert (len(m.labeled), len(m.unlabeled)) == (1, 1)
+
+
+def test_dataset_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, CPCSAMLib.dataset, CPCSAMLib.io, CPCSAMLib.metrics; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
