@@ -191,12 +191,6 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict:
             "overall": overall}
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    from .io import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
 def _fmt(stat: dict, digits: int) -> str:
     if stat["n"] == 0:
         text = "n/a"
@@ -229,6 +223,8 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], unit: str = "mm") -> str:
 def write_reports(rows: Sequence[Mapping[str, Any]], csv_path: PathLike, md_path: PathLike,
                   unit: str = "mm") -> None:
     """Write the per-case rows as CSV and the summary as Markdown (both atomically)."""
+    from .io import write_text_atomic
+
     fields = ["case", "class", *METRICS, "pred_voxels", "gt_voxels"]
     buf = _stdio.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -236,68 +232,81 @@ def write_reports(rows: Sequence[Mapping[str, Any]], csv_path: PathLike, md_path
     for r in rows:
         writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, ""))
                          for k in fields})
-    _write_text_atomic(buf.getvalue(), Path(csv_path))
-    _write_text_atomic(markdown_report(rows, unit), Path(md_path))
+    write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(md_path, markdown_report(rows, unit))
 
 
-def _class_list(classes: Sequence[Any]) -> tuple[list[str], list[int]]:
-    names, values = [], []
-    for c in classes:
-        if isinstance(c, Mapping):
-            name, value = c["name"], c["value"]
-        elif isinstance(c, (tuple, list)):
-            name, value = c
-        else:
-            name, value = c.name, c.value
-        names.append(str(name))
-        values.append(int(value))
-    if not values or 0 in values or len(set(values)) != len(values):
-        raise InputError(f"Classes must be a non-empty list with unique non-zero values, "
-                         f"got {list(zip(names, values))}.")
-    return names, values
+def case_names(paths: Sequence[PathLike]) -> list[str]:
+    """One distinct case name per reference file.
 
-
-def _case_name(path: Path) -> str:
+    The file name without extension when those are distinct (``a.nrrd`` -> ``a``); otherwise
+    the path below the files' common folder, without extension (``p1/label.png`` and
+    ``p2/label.png`` -> ``p1/label`` and ``p2/label``). The same file given twice raises
+    InputError (each case has its own reference file).
+    """
     from .io import extension
 
-    name = path.name
-    ext = extension(path)
-    return name[: -len(ext)] if ext else name
+    def strip(text: str, p: Path) -> str:
+        ext = extension(p)
+        return text[: -len(ext)] if ext and text.lower().endswith(ext) else text
+
+    files = [Path(p) for p in paths]
+    resolved = [p.resolve() for p in files]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            j = resolved.index(r)
+            raise InputError(f"The reference file {files[i]} is given twice (pairs {j + 1} and "
+                             f"{i + 1}); each case needs its own reference file.")
+    names = [strip(p.name, p) for p in files]
+    if len(set(names)) == len(names):
+        return names
+    common = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    return [strip(r.relative_to(common).as_posix(), r) for r in resolved]
 
 
 def evaluate_files(pred_paths: Sequence[PathLike], gt_paths: Sequence[PathLike],
-                   classes: Sequence[Any], out_dir: PathLike) -> dict:
+                   classes: Sequence[Any], out_dir: PathLike, overwrite: bool = False) -> dict:
     """Evaluate predicted label files against reference label files (paired by position).
 
-    ``classes``: ClassInfo objects, ``{"name", "value"}`` dicts or (name, value) pairs. Values in
-    the files are mapped to class indices; distances use each reference file's spacing (mm for
-    medical formats, pixels for PNG). Every file is read and checked before anything is written.
-    Writes ``metrics.csv`` and ``metrics.md`` into ``out_dir``; returns ``{"rows", "summary",
-    "csv", "markdown"}``.
+    ``classes``: the validated class list (:class:`CPCSAMLib.dataset.ClassInfo` objects, from
+    :func:`CPCSAMLib.dataset.parse_classes`). Values in the files are mapped to class indices;
+    distances use each reference file's spacing (mm for medical formats, pixels for PNG). Cases
+    are named by :func:`case_names`. Every file is read and checked before anything is written;
+    existing reports in ``out_dir`` are refused unless ``overwrite``. Writes ``metrics.csv`` and
+    ``metrics.md`` into ``out_dir``; returns ``{"rows", "summary", "csv", "markdown"}``.
     """
     import SimpleITK as sitk
 
     from . import io
 
-    names, values = _class_list(classes)
+    names = [c.name for c in classes]
+    values = [c.value for c in classes]
     preds, gts = [Path(p) for p in pred_paths], [Path(g) for g in gt_paths]
     if not preds or len(preds) != len(gts):
         raise InputError(f"Give as many prediction files as reference files (got {len(preds)} "
                          f"predictions and {len(gts)} references).")
+    out = Path(out_dir)
+    csv_path, md_path = out / "metrics.csv", out / "metrics.md"
+    existing = [str(p) for p in (csv_path, md_path) if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"Metrics already exist: {', '.join(existing)}. Pass --overwrite to "
+                         f"replace them, or choose another output folder.")
+    cases = case_names(gts)
+    reference = {**io.EVALUATION_WORDING, "what": "Reference",
+                 "values": "Give every class of the references (--classes NAME=VALUE), or fix "
+                           "the reference label map."}
     rows: list[dict] = []
     unit = "mm"
-    for pred_path, gt_path in zip(preds, gts):
-        gt = io._read_label_image(gt_path)
-        io.check_label(gt, gt_path, gt, values)
-        pred = io.load_label(pred_path, gt, values)
+    for pred_path, gt_path, case in zip(preds, gts, cases):
+        gt = io._read_label_image(gt_path, "Reference")
+        io.check_label(gt, gt_path, gt, values, reference)
+        pred = io.load_label(pred_path, gt, values, io.EVALUATION_WORDING)
         gt_idx = io.label_to_index(sitk.GetArrayViewFromImage(gt), values)
         pred_idx = io.label_to_index(sitk.GetArrayViewFromImage(pred), values)
         if io.extension(gt_path) in io.IMAGE_2D_EXTENSIONS:
             unit = "px"
         spacing = tuple(reversed(gt.GetSpacing()))
-        rows += case_metrics(pred_idx, gt_idx, names, spacing, _case_name(gt_path))
-    out = Path(out_dir)
-    csv_path, md_path = out / "metrics.csv", out / "metrics.md"
+        rows += case_metrics(pred_idx, gt_idx, names, spacing, case)
     if unit == "px" and any(io.extension(g) not in io.IMAGE_2D_EXTENSIONS for g in gts):
         unit = "mm or px"
     write_reports(rows, csv_path, md_path, unit=unit)

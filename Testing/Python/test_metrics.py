@@ -13,7 +13,10 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from CPCSAMLib import metrics as mt
+from CPCSAMLib.dataset import ClassInfo, parse_classes
 from CPCSAMLib.errors import InputError
+
+LESION = [ClassInfo("lesion", 255)]
 
 
 def square(top, left, size=10, shape=(20, 20)):
@@ -167,7 +170,7 @@ def test_evaluate_files_physical_spacing(tmp_path):
         img.SetOrigin((10.0, -4.0, 2.0))
         sitk.WriteImage(img, str(tmp_path / name))
     out = mt.evaluate_files([tmp_path / "pred.nrrd"], [tmp_path / "gt.nrrd"],
-                            [{"name": "organ", "value": 5}], tmp_path / "report")
+                            [ClassInfo("organ", 5)], tmp_path / "report")
     (row,) = out["rows"]
     assert row["case"] == "gt" and row["dice"] == pytest.approx(0.75)
     assert row["hd95"] == pytest.approx(3.0)
@@ -177,12 +180,12 @@ def test_evaluate_files_physical_spacing(tmp_path):
 
 def test_evaluate_files_real_labels(nrrd3d_dir, busi_dir, tmp_path):
     label = nrrd3d_dir / "prostate_phantom_subvolume-label.nrrd"
-    classes = [(f"c{v}", v) for v in (1, 7, 8, 9)]
+    classes = parse_classes([f"c{v}={v}" for v in (1, 7, 8, 9)], "test")
     out = mt.evaluate_files([label], [label], classes, tmp_path / "r1")
     assert [r["dice"] for r in out["rows"]] == [1.0] * 4
     assert [r["hd95"] for r in out["rows"]] == [0.0] * 4
     mask = busi_dir / "masks" / "benign_006.png"
-    out = mt.evaluate_files([mask], [mask], [("lesion", 255)], tmp_path / "r2")
+    out = mt.evaluate_files([mask], [mask], LESION, tmp_path / "r2")
     assert out["rows"][0]["dice"] == 1.0
     assert "HD95 (px)" in (tmp_path / "r2" / "metrics.md").read_text()
 
@@ -190,11 +193,71 @@ def test_evaluate_files_real_labels(nrrd3d_dir, busi_dir, tmp_path):
 def test_evaluate_files_rejects_bad_inputs(nrrd3d_dir, busi_dir, tmp_path):
     label = nrrd3d_dir / "prostate_phantom_subvolume-label.nrrd"
     with pytest.raises(InputError, match="prostate_phantom_subvolume-label.nrrd"):
-        mt.evaluate_files([label], [label], [("c1", 1)], tmp_path / "r")
+        mt.evaluate_files([label], [label], [ClassInfo("c1", 1)], tmp_path / "r")
     with pytest.raises(InputError, match="benign_162.png"):
         mt.evaluate_files([busi_dir / "masks" / "benign_162.png"],
-                          [busi_dir / "masks" / "benign_006.png"], [("lesion", 255)],
+                          [busi_dir / "masks" / "benign_006.png"], LESION,
                           tmp_path / "r")
     with pytest.raises(InputError, match="as many"):
-        mt.evaluate_files([label], [], [("c1", 1)], tmp_path / "r")
+        mt.evaluate_files([label], [], [ClassInfo("c1", 1)], tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------ evaluate: cases, overwrite, wording
+
+
+def _two_label_pngs(busi_dir, root):
+    """Two real BUSI masks, both named label.png, in p1/ and p2/ (predictions: the same masks)."""
+    import shutil
+
+    for sub, name in (("p1", "benign_006.png"), ("p2", "malignant_056.png")):
+        for kind in ("gt", "pred"):
+            (root / kind / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(busi_dir / "masks" / name, root / kind / sub / "label.png")
+    return ([root / "pred" / s / "label.png" for s in ("p1", "p2")],
+            [root / "gt" / s / "label.png" for s in ("p1", "p2")])
+
+
+def test_case_names_are_unique(busi_dir, tmp_path):
+    preds, gts = _two_label_pngs(busi_dir, tmp_path)
+    out = mt.evaluate_files(preds, gts, LESION, tmp_path / "report")
+    assert [r["case"] for r in out["rows"]] == ["p1/label", "p2/label"]
+    assert out["summary"]["num_cases"] == 2
+    assert "(2 cases)" in (tmp_path / "report" / "metrics.md").read_text()
+    assert mt.case_names([tmp_path / "a.nii.gz", tmp_path / "x" / "b.nrrd"]) == ["a", "b"]
+    with pytest.raises(InputError, match="label.png is given twice .pairs 1 and 3."):
+        mt.case_names([gts[0], gts[1], gts[0]])
+
+
+def test_evaluate_refuses_to_overwrite_metrics(busi_dir, tmp_path):
+    preds, gts = _two_label_pngs(busi_dir, tmp_path)
+    out_dir = tmp_path / "report"
+    mt.evaluate_files(preds[:1], gts[:1], LESION, out_dir)
+    before = (out_dir / "metrics.csv").read_bytes()
+    with pytest.raises(InputError, match="metrics.csv.*--overwrite"):
+        mt.evaluate_files(preds, gts, LESION, out_dir)
+    assert (out_dir / "metrics.csv").read_bytes() == before
+    mt.evaluate_files(preds, gts, LESION, out_dir, overwrite=True)
+    assert (out_dir / "metrics.csv").read_bytes() != before
+
+
+def test_evaluate_errors_speak_of_predictions_and_references(nrrd3d_dir, busi_dir, tmp_path):
+    with pytest.raises(InputError) as info:
+        mt.evaluate_files([busi_dir / "masks" / "benign_162.png"],
+                          [busi_dir / "masks" / "benign_006.png"], LESION, tmp_path / "r")
+    msg = str(info.value)
+    assert msg.startswith("Prediction file") and "its reference has size" in msg
+    assert "--pred and --gt" in msg and "image" not in msg
+    label = nrrd3d_dir / "prostate_phantom_subvolume-label.nrrd"
+    with pytest.raises(InputError, match="Reference file .* not in the class list.*--classes"):
+        mt.evaluate_files([label], [label], [ClassInfo("c1", 1)], tmp_path / "r")
+    spaced = sitk.ReadImage(str(label))
+    spaced.SetSpacing((500.0, 500.0, 500.0))
+    sitk.WriteImage(spaced, str(tmp_path / "spaced.nrrd"))
+    classes = parse_classes([f"c{v}={v}" for v in (1, 7, 8, 9)], "test")
+    with pytest.raises(InputError) as info:
+        mt.evaluate_files([tmp_path / "spaced.nrrd"], [label], classes, tmp_path / "r")
+    msg = str(info.value)
+    assert "spacing (500.0, 500.0, 500.0) != reference spacing" in msg
+    assert "np.float64" not in msg and "manifest" not in msg
     assert not (tmp_path / "r").exists()
