@@ -119,12 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="DSC, Jaccard, HD95, ASD of predictions against references", description=(
         "Per case and class metrics in physical units when spacing is known (pixels for PNG). Writes metrics.csv "
-        "and metrics.md. Empty rule: both empty -> DSC=JC=1, HD95=ASD=0; one empty -> DSC=JC=0, HD95=ASD=NaN."))
+        "and metrics.md. Cases are named after the reference files (with their distinguishing folders when two "
+        "share a name). Empty rule: both empty -> DSC=JC=1, HD95=ASD=0; one empty -> DSC=JC=0, HD95=ASD=NaN."))
     p.add_argument("--pred", required=True, nargs="+", help="predicted label files")
     p.add_argument("--gt", required=True, nargs="+", help="reference label files (same order)")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--classes", nargs="+", default=["lesion=255"], help="NAME=VALUE pairs (default lesion=255)")
-    p.add_argument("--model", help="take the classes from this checkpoint instead")
+    p.add_argument("--classes", nargs="+", metavar="NAME=VALUE",
+                   help="class names and label values (default lesion=255)")
+    p.add_argument("--model", help="take the classes from this model file instead of --classes")
+    p.add_argument("--overwrite", action="store_true", help="replace metrics.csv and metrics.md in --output")
 
     p = sub.add_parser("benchmark", help="labeled-only vs CPC-SAM vs ablations vs zero-shot, and speed", description=(
         "Trains each method at one fixed budget on a dataset with split lists (BUSI layout), evaluates on a test "
@@ -176,24 +179,24 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    """Metrics of --pred against --gt. Needs no torch unless --model is given."""
+    from .dataset import parse_classes
     from .errors import InputError
     from .metrics import evaluate_files
 
     if len(args.pred) != len(args.gt):
-        raise InputError(f"{len(args.pred)} predictions but {len(args.gt)} references; give them in pairs")
+        raise InputError(f"evaluate: {len(args.pred)} prediction file(s) (--pred) but {len(args.gt)} reference "
+                         f"file(s) (--gt); give one reference per prediction, in the same order")
+    if args.model and args.classes:
+        raise InputError("evaluate: give the classes with --classes or with --model, not both")
     if args.model:
-        from .checkpoint import load_checkpoint
+        from .checkpoint import card_classes, load_checkpoint
 
-        classes = load_checkpoint(args.model)["model_card"]["classes"]
+        classes = card_classes(load_checkpoint(args.model)["model_card"], f"Model {args.model}")
     else:
-        classes = []
-        for item in args.classes:
-            name, _, value = item.partition("=")
-            if not value.isdigit():
-                raise InputError(f"--classes expects NAME=VALUE, got {item!r}")
-            classes.append({"name": name, "value": int(value)})
-    result = evaluate_files(args.pred, args.gt, classes, args.output)
-    print(Path(result["markdown"]).read_text())
+        classes = parse_classes(args.classes or ["lesion=255"], "--classes")
+    result = evaluate_files(args.pred, args.gt, classes, args.output, overwrite=args.overwrite)
+    print(Path(result["markdown"]).read_text(encoding="utf-8"))
     return EXIT_OK
 
 
