@@ -11,7 +11,9 @@ Three ways to describe a training set, all giving a :class:`Manifest`:
         "validation": [{"image": "images/c.png", "label": "masks/c.png"}],
         "axis": null}
 
-   Relative paths are resolved against the manifest's folder.
+   Relative paths are resolved against the manifest's folder. A class may also carry a display
+   ``"color"`` ([r, g, b] in 0..1, or 0..255) and a ``"terminology"`` (a Slicer terminology
+   string). No image may be listed twice (within a list, or as both labeled and unlabeled).
 
 2. **Split lists** (BUSI layout): ``images/`` and ``masks/`` with the same file names and text
    files of names (``train.txt``, ``labeled_10.txt``, ``val.txt``), see

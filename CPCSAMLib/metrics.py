@@ -204,7 +204,8 @@ def _fmt(stat: dict, digits: int) -> str:
 def markdown_report(rows: Sequence[Mapping[str, Any]], unit: str = "mm") -> str:
     """Markdown table of mean ± std per class (and over all classes) with the empty rule."""
     summary = summarize(rows)
-    lines = [f"# Segmentation metrics ({summary['num_cases']} cases)", "",
+    n_cases = summary["num_cases"]
+    lines = [f"# Segmentation metrics ({n_cases} case{'' if n_cases == 1 else 's'})", "",
              f"| class | cases | DSC | Jaccard | HD95 ({unit}) | ASD ({unit}) |",
              "|---|---|---|---|---|---|"]
     entries = list(summary["per_class"].items())

@@ -233,6 +233,7 @@ def test_evaluate_refuses_to_overwrite_metrics(busi_dir, tmp_path):
     preds, gts = _two_label_pngs(busi_dir, tmp_path)
     out_dir = tmp_path / "report"
     mt.evaluate_files(preds[:1], gts[:1], LESION, out_dir)
+    assert "# Segmentation metrics (1 case)" in (out_dir / "metrics.md").read_text()
     before = (out_dir / "metrics.csv").read_bytes()
     with pytest.raises(InputError, match="metrics.csv.*--overwrite"):
         mt.evaluate_files(preds, gts, LESION, out_dir)
