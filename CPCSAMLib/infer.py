@@ -2,6 +2,9 @@
 
 Unprompted: mean softmax of both decoders, argmax, slice-wise over a volume in batches, resized
 back to the source grid, written with the source geometry and the class label values.
+Self-prompted (``self_prompt=True``): the unprompted result's largest component of each class
+gives a prompt (its box with a margin, or its centre point for point-trained models) to both
+decoders, whose mean prompted softmax is the result.
 Point-prompted: one slice with user clicks (used by the Segment Editor effect).
 """
 from __future__ import annotations
@@ -34,6 +37,11 @@ class Predictor:
         self.label_values = [int(c["value"]) for c in self.classes]
         self.input_size = int(card["input_size"])
         self.percentiles = tuple(card["percentiles"]) if card.get("percentiles") else None
+        from .modeling.backbones import resolve_prompt_type
+
+        options = card.get("training_config") or {}
+        self.prompt_type = resolve_prompt_type(options.get("prompt_type", "auto"), card["backbone"])
+        self.box_margin = float(options.get("box_margin", 0.1))
         self._embeddings: "OrderedDict[str, torch.Tensor]" = OrderedDict()  # recent slices, for repeated clicks
         self.embedding_cache_size = 8
         self.encoder_calls = 0
@@ -95,7 +103,7 @@ class Predictor:
     # ---- unprompted -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_slices(self, slices: np.ndarray, batch_size: int = 8,
-                       progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                       progress: Optional[Callable[[int, int], None]] = None, self_prompt: bool = False) -> np.ndarray:
         """``[S, H, W]`` float slices (already normalised to [0, 1]) -> class indices ``[S, H, W]`` uint8."""
         out = np.zeros(slices.shape, np.uint8)
         n = slices.shape[0]
@@ -103,7 +111,9 @@ class Predictor:
             chunk = slices[s:s + batch_size]
             x = np.stack([io.resize(sl, self.input_size, is_label=False) for sl in chunk])
             with self._autocast():
-                probs = self.model.predict_probs(torch.from_numpy(x[:, None].astype(np.float32)).to(self.device))
+                probs = self.model.predict_probs(torch.from_numpy(x[:, None].astype(np.float32)).to(self.device),
+                                                 self_prompt=self_prompt, prompt_type=self.prompt_type,
+                                                 box_margin=self.box_margin)
             probs = probs.float()
             # resize probabilities (not labels) back to the source grid, then argmax
             probs = torch.nn.functional.interpolate(probs, size=chunk.shape[1:], mode="bilinear", align_corners=False)
@@ -113,25 +123,25 @@ class Predictor:
         return out
 
     def predict_image(self, image: sitk.Image, axis: Optional[int] = None, batch_size: int = 8,
-                      progress: Optional[Callable[[int, int], None]] = None) -> sitk.Image:
+                      progress: Optional[Callable[[int, int], None]] = None, self_prompt: bool = False) -> sitk.Image:
         """A SimpleITK image (2D or 3D) -> label image with the class values and the source geometry."""
         if axis is None:
             axis = self.card.get("axis")
         slices, used = io.to_slices(image, axis)
         slices = io.normalize(slices, self.percentiles)
-        idx = self.predict_slices(slices, batch_size, progress)
+        idx = self.predict_slices(slices, batch_size, progress, self_prompt)
         labels = io.index_to_label(idx, self.label_values)
         dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
         return io.from_slices(labels.astype(dtype), image, used)
 
     def predict_file(self, image_path: str | Path, output_path: str | Path, axis: Optional[int] = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, self_prompt: bool = False) -> Path:
         """Reads, predicts and writes atomically. Refuses to replace an existing file unless ``overwrite``."""
         output_path = Path(output_path)
         if output_path.exists() and not overwrite:
             raise InputError(f"{output_path} exists; choose another output or pass --overwrite")
         image = io.load_image(image_path)
-        label = self.predict_image(image, axis)
+        label = self.predict_image(image, axis, self_prompt=self_prompt)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         io.write_image_atomic(label, output_path)
         return output_path

@@ -4,6 +4,10 @@ The image encoder runs **once** per image per step; both decoders and every prom
 that embedding. Passes whose output only serves as a detached target (the centre-prompted passes
 on unlabeled images) run without gradients.
 
+Prompts (``prompt_type``): "box" (the box of the largest component, widened by ``box_margin``,
+and a jittered copy as the "random" prompt; for backbones trained with boxes, such as LiteMedSAM)
+or "point" (the paper's centre and random point).
+
 Methods (``method``):
 - ``cpcsam``: L_s + lambda1 L_cross + lambda2 L_c (paper, eqs. 1-3);
 - ``cross_prompting``: cross prompting with the centre point only, no prompt consistency (ablation);
@@ -20,46 +24,55 @@ from torch import nn
 
 from . import losses
 from .modeling.dual_sam import DualBranchSAM
-from .prompts import points_from_label_maps
 
 METHODS = ("cpcsam", "cross_prompting", "cps", "supervised")
+PROMPT_TYPES = ("box", "point")
 
 
 class CPCObjective(nn.Module):
     """Computes the losses of one step from a labeled and an unlabeled batch."""
 
     def __init__(self, model: DualBranchSAM, method: str = "cpcsam", lambda_cross: float = 0.4,
-                 lambda_consistency: float = 0.05) -> None:
+                 lambda_consistency: float = 0.05, prompt_type: str = "box", box_margin: float = 0.1,
+                 frozen_encoder: bool = False) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if prompt_type not in PROMPT_TYPES:
+            raise ValueError(f"unknown prompt type {prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}")
         self.model = model
         self.method = method
         self.lambda_cross = lambda_cross
         self.lambda_consistency = lambda_consistency
+        self.prompt_type = prompt_type
+        self.box_margin = box_margin
+        self.frozen_encoder = frozen_encoder
+
+    def prompts(self, maps: torch.Tensor, rng: np.random.Generator):
+        """Centre and random prompts of every class from label maps ``[B, H, W]``."""
+        return self.model.prompts_from_maps(maps, self.prompt_type, rng, self.box_margin)
 
     def supervised_loss(self, emb_l: torch.Tensor, p1_l: torch.Tensor, p2_l: torch.Tensor, yl: torch.Tensor,
                         rng: np.random.Generator) -> torch.Tensor:
         """Eq. 3: unprompted (0.8 Dice + 0.2 CE) and GT-prompted centre/random (0.5/0.5) for both decoders."""
         m = self.model
         loss = losses.supervised_unprompted(p1_l, yl) + losses.supervised_unprompted(p2_l, yl)
-        gt = points_from_label_maps(yl, m.num_classes, rng).to(emb_l.device)
-        coords, labels = gt.stacked()  # [2B]: centre points then random points
-        emb2 = torch.cat([emb_l, emb_l])
-        b = yl.shape[0]
+        gt = self.prompts(yl, rng)
         for branch in (1, 2):
-            out = m.decode(branch, emb2, coords, labels)
-            loss = loss + losses.supervised_prompted(out[:b], yl) + losses.supervised_prompted(out[b:], yl)
+            for which in ("center", "random"):
+                out = m.decode_prompted(branch, emb_l, gt, which, unprompted=(p1_l, p2_l)[branch - 1])
+                loss = loss + losses.supervised_prompted(out, yl)
         return loss
 
     def forward(self, xl: torch.Tensor, yl: torch.Tensor, xu: Optional[torch.Tensor], rng: np.random.Generator,
                 supervised_only: bool = False) -> Dict[str, torch.Tensor]:
-        """``xl``/``xu``: images ``[B, 1, S, S]``, or precomputed embeddings ``[B, D, h, w]`` (frozen-encoder mode)."""
+        """``xl``/``xu``: images ``[B, 1, S, S]``, or with ``frozen_encoder`` their precomputed
+        embeddings ``[B, D, h, w]``."""
         m = self.model
         use_unlabeled = xu is not None and xu.shape[0] > 0 and not supervised_only and self.method != "supervised"
         bl = xl.shape[0]
         x = torch.cat([xl, xu]) if use_unlabeled else xl
-        emb = x.float() if x.shape[1] != 1 else m.encode(x)  # the only encoder pass of the step
+        emb = x.float() if self.frozen_encoder else m.encode(x)  # the only encoder pass of the step
         p1 = m.decode(1, emb)
         p2 = m.decode(2, emb)
         loss_s = self.supervised_loss(emb[:bl], p1[:bl], p2[:bl], yl, rng)
@@ -73,18 +86,17 @@ class CPCObjective(nn.Module):
                 loss_cross = losses.cross_prompting_loss(p1_u, p2_u, t1, t2)
             else:
                 with torch.no_grad():
-                    pts_from1 = points_from_label_maps(p1_u.argmax(1), m.num_classes, rng).to(emb.device)
-                    pts_from2 = points_from_label_maps(p2_u.argmax(1), m.num_classes, rng).to(emb.device)
-                # D1 is prompted from D2's prediction, D2 from D1's
-                with torch.no_grad():
-                    c1 = m.decode(1, emb_u, pts_from2.center, pts_from2.labels)
-                    c2 = m.decode(2, emb_u, pts_from1.center, pts_from1.labels)
+                    from1 = self.prompts(p1_u.argmax(1), rng)
+                    from2 = self.prompts(p2_u.argmax(1), rng)
+                    # D1 is prompted from D2's prediction, D2 from D1's
+                    c1 = m.decode_prompted(1, emb_u, from2, "center", unprompted=p1_u)
+                    c2 = m.decode_prompted(2, emb_u, from1, "center", unprompted=p2_u)
                 if self.method == "cross_prompting":
                     ens1 = losses.pseudo_label(losses.probs(c1))
                     ens2 = losses.pseudo_label(losses.probs(c2))
                 else:
-                    r1 = m.decode(1, emb_u, pts_from2.random, pts_from2.labels)
-                    r2 = m.decode(2, emb_u, pts_from1.random, pts_from1.labels)
+                    r1 = m.decode_prompted(1, emb_u, from2, "random", unprompted=p1_u)
+                    r2 = m.decode_prompted(2, emb_u, from1, "random", unprompted=p2_u)
                     ens1 = losses.pseudo_label(losses.probs(c1), losses.probs(r1.detach()))
                     ens2 = losses.pseudo_label(losses.probs(c2), losses.probs(r2.detach()))
                     loss_c = losses.prompt_consistency_loss(r1, r2, ens1, ens2)
@@ -113,9 +125,9 @@ class CPCObjective(nn.Module):
         for src, dst in ((2, 1), (1, 2)):
             emb = m.encode(x)
             p_src = m.decode(src, emb)
-            pts = points_from_label_maps(p_src.detach().argmax(1), m.num_classes, rng).to(emb.device)
-            c = m.decode(dst, emb, pts.center, pts.labels)
-            r = m.decode(dst, emb, pts.random, pts.labels)
+            prompts = self.prompts(p_src.detach().argmax(1), rng)
+            c = m.decode_prompted(dst, emb, prompts, "center")
+            r = m.decode_prompted(dst, emb, prompts, "random")
             ens = losses.pseudo_label(losses.probs(c[bl:]), losses.probs(r[bl:]))
             yield (losses.supervised_unprompted(c[:bl], yl) + losses.supervised_unprompted(r[:bl], yl)
                    + self.lambda_cross * 0.5 * losses.dice_ce(p_src[bl:], ens)

@@ -1,4 +1,4 @@
-"""Point prompts from label maps (paper, sections 2.2 and 2.3).
+"""Point and box prompts from label maps (paper, sections 2.2 and 2.3).
 
 For each semantic class ``c`` of a label map (a ground-truth annotation or the argmax of an
 unprompted prediction) we keep the **largest 8-connected component** of the class mask (a
@@ -21,6 +21,12 @@ Conventions (see ``docs/ENGINE_API.md``):
   label ``-1`` ("not a point", SAM's ``not_a_point`` embedding) and coordinates ``(0, 0)``. If
   every class is absent, all points are padding, so the prompted pass behaves like a prompt
   without any positive point.
+
+Box prompts (for backbones trained with boxes, such as LiteMedSAM) follow the same rule: the
+"centre" prompt of class ``c`` is the bounding box of its largest component, widened by
+``margin`` times the box's width and height on each side (at least one pixel), clipped to the map;
+the "random" prompt is that box with each edge moved by up to ``BOX_JITTER`` times the box size,
+drawn uniformly. Boxes are ``(x0, y0, x1, y1)`` in pixels; an absent class has ``present`` False.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from .errors import InputError
 
 __all__ = [
     "PointPrompts",
+    "BoxPrompts",
+    "box_prompts_from_label_maps",
     "largest_component",
     "center_point",
     "random_point",
@@ -130,18 +138,6 @@ class PointPrompts:
         labels = torch.cat([self.labels, self.labels], dim=0)
         return coords, labels
 
-    @staticmethod
-    def cat(a: "PointPrompts", b: "PointPrompts") -> "PointPrompts":
-        """Concatenate two prompt sets along the batch (``a`` first)."""
-        if a.num_classes != b.num_classes:
-            raise InputError(
-                f"cannot concatenate prompts with {a.num_classes} and {b.num_classes} classes")
-        return PointPrompts(
-            torch.cat([a.center, b.center.to(a.center.device)], dim=0),
-            torch.cat([a.random, b.random.to(a.random.device)], dim=0),
-            torch.cat([a.labels, b.labels.to(a.labels.device)], dim=0),
-        )
-
 
 def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
     """Centre and random point of the largest component of each class ``1..num_classes``.
@@ -179,3 +175,71 @@ def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
             rand[b, c - 1] = random_point(component, rng)
             labels[b, c - 1] = c
     return PointPrompts(torch.from_numpy(center), torch.from_numpy(rand), torch.from_numpy(labels))
+
+
+#: Random boxes: each edge moves by up to this fraction of the box's width / height.
+BOX_JITTER = 0.1
+
+
+@dataclass
+class BoxPrompts:
+    """One "centre" box and one jittered box per class and map.
+
+    ``center`` and ``random``: float ``[B, C, 4]`` of ``(x0, y0, x1, y1)``; ``present``: bool
+    ``[B, C]``, False where the class is absent (its boxes are zeros and are not used).
+    """
+
+    center: torch.Tensor
+    random: torch.Tensor
+    present: torch.Tensor
+
+    def to(self, device: Union[str, torch.device]) -> "BoxPrompts":
+        return BoxPrompts(self.center.to(device), self.random.to(device), self.present.to(device))
+
+
+def _box(component: np.ndarray, margin: float) -> np.ndarray:
+    rows = np.flatnonzero(component.any(1))
+    cols = np.flatnonzero(component.any(0))
+    x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
+    mx = max(1.0, margin * (x1 - x0 + 1))
+    my = max(1.0, margin * (y1 - y0 + 1))
+    h, w = component.shape
+    return np.array([max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my)],
+                    np.float32)
+
+
+def _jitter(box: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
+    w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+    out = box + rng.uniform(-BOX_JITTER, BOX_JITTER, 4).astype(np.float32) * np.array([w, h, w, h], np.float32)
+    out[[0, 2]] = np.clip(out[[0, 2]], 0, shape[1] - 1)
+    out[[1, 3]] = np.clip(out[[1, 3]], 0, shape[0] - 1)
+    lo, hi = np.minimum(out[:2], out[2:]), np.maximum(out[:2], out[2:])
+    return np.concatenate([lo, hi])
+
+
+def box_prompts_from_label_maps(maps, num_classes: int, rng=None, margin: float = 0.1) -> BoxPrompts:
+    """Box of the largest component of each class ``1..num_classes`` (widened by ``margin``) and a
+    jittered copy. ``maps`` as for :func:`points_from_label_maps`; returns CPU tensors."""
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().to("cpu").numpy()
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise InputError(f"label maps must be [B, H, W], got shape {maps.shape}")
+    if margin < 0:
+        raise InputError(f"box margin must be >= 0, got {margin}")
+    rng = np.random.default_rng(rng)
+    batch = maps.shape[0]
+    center = np.zeros((batch, num_classes, 4), np.float32)
+    rand = np.zeros((batch, num_classes, 4), np.float32)
+    present = np.zeros((batch, num_classes), bool)
+    for b in range(batch):
+        for c in range(1, num_classes + 1):
+            component = largest_component(maps[b] == c)
+            if not component.any():
+                continue
+            center[b, c - 1] = _box(component, margin)
+            rand[b, c - 1] = _jitter(center[b, c - 1], component.shape, rng)
+            present[b, c - 1] = True
+    return BoxPrompts(torch.from_numpy(center), torch.from_numpy(rand), torch.from_numpy(present))

@@ -1,11 +1,13 @@
 """Dual-branch SAM: one image encoder (frozen + LoRA on q, v), one class prompt encoder, two decoders."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..prompts import BoxPrompts, PointPrompts, box_prompts_from_label_maps, points_from_label_maps
 from .backbones import Backbone
 from .lora import LoRAQKV, apply_lora
 from .mask_decoder import ClassMaskDecoder
@@ -20,7 +22,7 @@ class DualBranchSAM(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, lora_rank: int = 4,
-                 decoder_init: str = "random", seed: int = 0) -> None:
+                 decoder_init: str = "pretrained", seed: int = 0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
@@ -35,10 +37,10 @@ class DualBranchSAM(nn.Module):
         for p in self.prompt_encoder.pe_layer.parameters():
             p.requires_grad_(False)
         decoders = []
-        for i in range(2):  # same structure, different initialisation
+        for i in range(2):  # two initialisations: class tokens offset by one (and different seeds)
             with torch.random.fork_rng():
                 torch.manual_seed(seed * 1000 + 17 * (i + 1))
-                dec = ClassMaskDecoder(num_classes, backbone.embedding_size, backbone.input_size)
+                dec = ClassMaskDecoder(num_classes, backbone.embedding_size, backbone.input_size, token_offset=i)
             if decoder_init == "pretrained":
                 dec.load_pretrained(backbone.mask_decoder)
             decoders.append(dec)
@@ -49,8 +51,8 @@ class DualBranchSAM(nn.Module):
         self.channels_last = False
 
     def set_channels_last(self, on: bool = True) -> "DualBranchSAM":
-        """Runs the image encoder in channels-last memory format (measured on a 2-core CPU in the
-        benchmark: a batch-4 LoRA training step 8.27 s contiguous -> 7.67 s channels-last). The results are the same up to rounding."""
+        """Runs the image encoder in channels-last memory format (faster on CPU, see the benchmark's
+        exploration rows). The results are the same up to rounding."""
         self.channels_last = bool(on)
         self.image_encoder.to(memory_format=torch.channels_last if on else torch.contiguous_format)
         return self
@@ -92,11 +94,68 @@ class DualBranchSAM(nn.Module):
         sparse, dense = self.prompt_encoder(embeddings.shape[0], coords, labels)
         return decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
 
+    def decode_boxes(self, branch: int, embeddings: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor,
+                     unprompted: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Box-prompted logits ``[B, C + 1, S, S]`` (float32) of decoder ``branch``.
+
+        SAM segments one object per prompt, so each present (image, class) pair is one decoder pass
+        with that class's box, and class ``c``'s map is read from that pass. A class without a box
+        has no prompt, so its map is the same decoder's unprompted one: ``unprompted`` (used
+        detached) when the caller has it, else computed for the images that need it.
+        ``boxes [B, C, 4]`` in input pixels, ``present [B, C]`` bool."""
+        b, c = present.shape
+        if unprompted is not None:
+            out = unprompted.detach().float().clone()
+        else:
+            s = self.input_size
+            out = torch.zeros((b, c + 1, s, s), device=embeddings.device)
+            rows = (~present).any(1).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out[rows] = self.decode(branch, embeddings[rows]).float()
+        bi, ci = present.nonzero(as_tuple=True)
+        if bi.numel():
+            decoder = self.decoder1 if branch == 1 else self.decoder2
+            sparse = self.prompt_encoder.embed_boxes(boxes[bi, ci].to(embeddings.device), ci + 1)
+            logits = decoder(embeddings[bi], self.prompt_encoder.get_dense_pe(), sparse,
+                             self.prompt_encoder.dense(bi.numel()))
+            out = out.index_put((bi, ci + 1), logits[torch.arange(bi.numel(), device=logits.device), ci + 1].float())
+        return out
+
+    def decode_prompted(self, branch: int, embeddings: torch.Tensor, prompts: Union[BoxPrompts, PointPrompts],
+                        which: str = "center", unprompted: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decoder ``branch`` prompted with the ``which`` ("center" or "random") prompt of ``prompts``;
+        ``unprompted``: the same decoder's unprompted logits (box prompts use them for absent classes)."""
+        if isinstance(prompts, BoxPrompts):
+            return self.decode_boxes(branch, embeddings, getattr(prompts, which), prompts.present, unprompted)
+        return self.decode(branch, embeddings, getattr(prompts, which), prompts.labels)
+
+    def prompts_from_maps(self, maps: torch.Tensor, prompt_type: str, rng=None,
+                          box_margin: float = 0.1) -> Union[BoxPrompts, PointPrompts]:
+        """Prompts of type ``prompt_type`` ("box" or "point") from label maps ``[B, H, W]``, on the model's device."""
+        if prompt_type == "box":
+            prompts = box_prompts_from_label_maps(maps, self.num_classes, rng, box_margin)
+        elif prompt_type == "point":
+            prompts = points_from_label_maps(maps, self.num_classes, rng)
+        else:
+            raise ValueError(f"prompt type must be 'box' or 'point', got {prompt_type!r}")
+        return prompts.to(self.pixel_mean.device)
+
     @torch.no_grad()
-    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Inference: mean softmax of both decoders' unprompted outputs, ``[B, C + 1, S, S]``."""
-        emb = self.encode(images)
-        return 0.5 * (self.decode(1, emb).softmax(1) + self.decode(2, emb).softmax(1))
+    def predict_probs(self, images: torch.Tensor, self_prompt: bool = False, prompt_type: str = "box",
+                      box_margin: float = 0.1, embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Inference, ``[B, C + 1, S, S]``: mean softmax of both decoders' unprompted outputs.
+
+        ``self_prompt``: the unprompted ensemble's largest component of each class gives a prompt
+        (its box widened by ``box_margin``, or its centre point), both decoders are prompted with it,
+        and their mean softmax is the result (a class without a prompt keeps its unprompted maps)."""
+        emb = self.encode(images) if embeddings is None else embeddings
+        u1, u2 = self.decode(1, emb).float(), self.decode(2, emb).float()
+        probs = 0.5 * (u1.softmax(1) + u2.softmax(1))
+        if not self_prompt:
+            return probs
+        prompts = self.prompts_from_maps(probs.argmax(1), prompt_type, np.random.default_rng(0), box_margin)
+        return 0.5 * (self.decode_prompted(1, emb, prompts, unprompted=u1).float().softmax(1)
+                      + self.decode_prompted(2, emb, prompts, unprompted=u2).float().softmax(1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.predict_probs(images)

@@ -41,20 +41,40 @@ class MLP(nn.Module):
         return x
 
 
-class ClassMaskDecoder(nn.Module):
-    """SAM's two-way transformer decoder with one mask token per class (background included).
+#: SAM's mask tokens: three multi-mask outputs and the single-output token.
+SAM_MASK_TOKENS = 4
+#: SAM mask tokens trained with box prompts (LiteMedSAM: 0, 1, 2).
+BOX_TRAINED_TOKENS = 3
 
-    Returns ``C + 1`` logit maps at ``output_size``. SAM upsamples the embedding 4x; where that is
-    coarser than the input (SAM ViT at 512 -> 128), further 2x transposed-convolution stages follow
+
+class ClassMaskDecoder(nn.Module):
+    """SAM's two-way transformer decoder with SAM's token layout; class ``c`` reads one mask token.
+
+    The tokens are SAM's: an IoU token, then ``max(4, C + 1)`` mask tokens (SAM's four, and more
+    for many classes), then the prompt tokens. Class ``c`` (1..C) reads mask token
+    ``c - 1 + token_offset``: its hypernetwork output times the upscaled embedding, as SAM's masks.
+    Keeping all of SAM's tokens in the sequence matters: the tokens attend to each other, and
+    dropping SAM's other mask tokens changes a pretrained decoder's box-prompted output. Two
+    decoders with offsets 0 and 1 start from two different box-trained tokens (LiteMedSAM: tokens
+    0, 1 and 2 were trained with boxes). The background logit is a constant 0, so that the softmax
+    over ``[0, l_1, ..., l_C]`` is, for one class, SAM's own ``sigmoid(l_1) > 0.5`` rule. Returns
+    ``C + 1`` logit maps at ``output_size``. SAM upsamples the embedding 4x; where that is coarser
+    than the input (SAM ViT at 512 -> 128), further 2x transposed-convolution stages follow
     (MA-SAM's progressive upsampling). The IoU head is not used and not built.
     """
 
-    def __init__(self, num_classes: int, embedding_size: int, output_size: int, transformer_dim: int = 256) -> None:
+    def __init__(self, num_classes: int, embedding_size: int, output_size: int, token_offset: int = 0,
+                 transformer_dim: int = 256) -> None:
         super().__init__()
         from segment_anything.modeling import TwoWayTransformer
 
-        self.num_mask_tokens = num_classes + 1
+        if token_offset not in (0, 1):
+            raise ValueError(f"token_offset must be 0 or 1, got {token_offset}")
+        self.num_classes = num_classes
+        self.class_tokens = [c + token_offset for c in range(num_classes)]
+        self.num_mask_tokens = max(SAM_MASK_TOKENS, num_classes + 1)
         self.transformer = TwoWayTransformer(depth=2, embedding_dim=transformer_dim, mlp_dim=2048, num_heads=8)
+        self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
         ratio = output_size / embedding_size
         extra = int(round(math.log2(ratio))) - 2
@@ -73,19 +93,21 @@ class ClassMaskDecoder(nn.Module):
         )
 
     def load_pretrained(self, sam_decoder: nn.Module) -> None:
-        """Copies SAM's pretrained decoder weights: the transformer, the first two upscaling stages,
-        and for class token ``i`` SAM's mask token and hypernetwork ``i mod 4``."""
+        """Copies SAM's pretrained decoder: the transformer, the IoU token, the first two upscaling
+        stages, SAM's four mask tokens with their hypernetworks, and for any further token ``t`` a
+        copy of the box-trained token ``t mod 3``."""
         self.transformer.load_state_dict(sam_decoder.transformer.state_dict())
+        self.iou_token.load_state_dict(sam_decoder.iou_token.state_dict())
         own = self.output_upscaling
         src = sam_decoder.output_upscaling
         for i in (0, 1, 3):
             own[i].load_state_dict(src[i].state_dict())
-        n_src = sam_decoder.mask_tokens.weight.shape[0]
         with torch.no_grad():
-            for i in range(self.num_mask_tokens):
-                self.mask_tokens.weight[i] = sam_decoder.mask_tokens.weight[i % n_src]
-                self.output_hypernetworks_mlps[i].load_state_dict(
-                    sam_decoder.output_hypernetworks_mlps[i % n_src].state_dict())
+            for t in range(self.num_mask_tokens):
+                src_t = t if t < SAM_MASK_TOKENS else t % BOX_TRAINED_TOKENS
+                self.mask_tokens.weight[t] = sam_decoder.mask_tokens.weight[src_t]
+                self.output_hypernetworks_mlps[t].load_state_dict(
+                    sam_decoder.output_hypernetworks_mlps[src_t].state_dict())
 
     def forward(
         self,
@@ -95,18 +117,21 @@ class ClassMaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> torch.Tensor:
         """``image_embeddings [B, D, h, w]`` (one per prompt), ``sparse [B, N, D]``, ``dense [B, D, h, w]``
-        -> logits ``[B, C + 1, H, W]``."""
+        -> logits ``[B, C + 1, H, W]`` (channel 0, the background, is 0)."""
         b = image_embeddings.shape[0]
         if sparse_prompt_embeddings.shape[0] != b or dense_prompt_embeddings.shape[0] != b:
             raise ValueError("one prompt per image embedding is expected: batch sizes differ "
                              f"({b}, {sparse_prompt_embeddings.shape[0]}, {dense_prompt_embeddings.shape[0]})")
-        tokens = torch.cat([self.mask_tokens.weight.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1),
+                            sparse_prompt_embeddings.to(output_tokens.dtype)], dim=1)
         src = image_embeddings + dense_prompt_embeddings
         pos = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
-        mask_tokens_out = hs[:, : self.num_mask_tokens, :]
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
         up = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
+        hyper = torch.stack([self.output_hypernetworks_mlps[t](mask_tokens_out[:, t, :]) for t in self.class_tokens], 1)
         _, c2, h2, w2 = up.shape
-        return (hyper @ up.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+        fg = (hyper @ up.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+        return torch.cat([fg.new_zeros(b, 1, h2, w2), fg], dim=1)

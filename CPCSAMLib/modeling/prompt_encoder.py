@@ -1,4 +1,5 @@
-"""Prompt encoder with one point embedding per class (CPC-SAM's multi-class point prompts)."""
+"""Prompt encoder with one point embedding per class (CPC-SAM's multi-class point prompts) and
+SAM's box prompts with a per-class offset (box prompts for backbones trained with boxes)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -15,6 +16,10 @@ class ClassPromptEncoder(nn.Module):
     Class embeddings start from SAM's positive-point embedding, background from its negative one.
     Without points the sparse embedding is empty and the dense one is SAM's no-mask embedding
     (the "default prompt" the paper fine-tunes for automatic segmentation).
+
+    A box is SAM's two corner tokens (positional encoding plus SAM's top-left / bottom-right
+    embeddings) plus a learned per-class embedding that starts at zero, so a one-box prompt at
+    initialisation is exactly the pretrained model's box prompt.
     """
 
     def __init__(self, sam_prompt_encoder: nn.Module, num_classes: int) -> None:
@@ -30,6 +35,12 @@ class ClassPromptEncoder(nn.Module):
         with torch.no_grad():
             self.point_embeddings.weight[0] = sam_prompt_encoder.point_embeddings[0].weight[0]
             self.point_embeddings.weight[1:] = sam_prompt_encoder.point_embeddings[1].weight[0]
+        self.box_corner_embeddings = nn.Embedding(2, self.embed_dim)
+        self.box_class_embeddings = nn.Embedding(num_classes, self.embed_dim)
+        with torch.no_grad():
+            self.box_corner_embeddings.weight[0] = sam_prompt_encoder.point_embeddings[2].weight[0]
+            self.box_corner_embeddings.weight[1] = sam_prompt_encoder.point_embeddings[3].weight[0]
+            self.box_class_embeddings.weight.zero_()
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the embedding grid, ``[1, D, h, w]``."""
@@ -41,6 +52,16 @@ class ClassPromptEncoder(nn.Module):
         pad = (labels < 0).unsqueeze(-1)
         cls = self.point_embeddings(labels.clamp(min=0))
         return torch.where(pad, self.not_a_point_embed.weight.expand_as(pe), pe + cls)
+
+    def embed_boxes(self, boxes: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``boxes [N, 4]`` (x0, y0, x1, y1) in input pixels, ``classes [N]`` in 1..C -> ``[N, 2, D]``."""
+        corners = self.pe_layer.forward_with_coords(boxes.float().reshape(-1, 2, 2) + 0.5, self.input_image_size)
+        return corners + self.box_corner_embeddings.weight[None] + self.box_class_embeddings(classes - 1)[:, None]
+
+    def dense(self, batch_size: int) -> torch.Tensor:
+        """SAM's no-mask embedding over the embedding grid, ``[B, D, h, w]``."""
+        h, w = self.image_embedding_size
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, h, w)
 
     def forward(
         self, batch_size: int, coords: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None
@@ -54,6 +75,4 @@ class ClassPromptEncoder(nn.Module):
                 raise ValueError(f"prompt shapes {tuple(coords.shape)} / {None if labels is None else tuple(labels.shape)}"
                                  f" do not match batch size {batch_size}")
             sparse = self.embed_points(coords.to(device), labels.to(device))
-        h, w = self.image_embedding_size
-        dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, h, w)
-        return sparse, dense
+        return sparse, self.dense(batch_size)

@@ -66,9 +66,11 @@ def test_lora_keeps_encoder_output_at_init_and_trains_only_lora(lite):
     assert enc_trainable and all(".lora_" in n for n in enc_trainable)
     assert len(model.lora_layers) == 10  # TinyViT attention blocks (2 + 6 + 2)
     # decoders differ (different initialisation) and give C+1 maps at input resolution
-    assert not torch.equal(model.decoder1.mask_tokens.weight, model.decoder2.mask_tokens.weight)
+    assert model.decoder1.class_tokens == [0, 1] and model.decoder2.class_tokens == [1, 2]
     out = model.decode(1, emb)
     assert out.shape == (1, 3, 256, 256)
+    assert not torch.allclose(out, model.decode(2, emb))
+    assert torch.equal(out[:, 0], torch.zeros(1, 256, 256))  # background logit is SAM's threshold
     coords = torch.tensor([[[100.0, 120.0], [0.0, 0.0]]])
     labels = torch.tensor([[1, -1]])  # class 2 absent: padding point
     out_p = model.decode(2, emb, coords, labels)
@@ -103,12 +105,80 @@ def test_progressive_upsampling_for_sam_vit_sizes():
         ClassMaskDecoder(num_classes=1, embedding_size=64, output_size=200)
 
 
-def test_pretrained_decoder_init_copies_sam_weights(lite):
+def test_pretrained_decoder_init_keeps_sam_token_layout(lite):
     model = DualBranchSAM(lite, num_classes=1, decoder_init="pretrained")
     src = lite.mask_decoder
-    assert torch.equal(model.decoder1.transformer.layers[0].self_attn.q_proj.weight,
-                       src.transformer.layers[0].self_attn.q_proj.weight)
-    assert torch.equal(model.decoder1.mask_tokens.weight[1], src.mask_tokens.weight[1])
+    for dec in (model.decoder1, model.decoder2):
+        assert torch.equal(dec.transformer.layers[0].self_attn.q_proj.weight,
+                           src.transformer.layers[0].self_attn.q_proj.weight)
+        assert torch.equal(dec.iou_token.weight, src.iou_token.weight)
+        assert torch.equal(dec.mask_tokens.weight, src.mask_tokens.weight)  # all four, SAM's order
+    assert model.decoder1.class_tokens == [0] and model.decoder2.class_tokens == [1]
+    # many classes: more tokens than SAM's four, the extra ones copied from box-trained tokens
+    many = DualBranchSAM(build_backbone("litemedsam"), num_classes=5, decoder_init="pretrained")
+    assert many.decoder2.class_tokens == [1, 2, 3, 4, 5] and many.decoder2.num_mask_tokens == 6
+    assert torch.equal(many.decoder1.mask_tokens.weight[4], src.mask_tokens.weight[1])
+    assert torch.equal(many.decoder1.mask_tokens.weight[5], src.mask_tokens.weight[2])
+    random = DualBranchSAM(build_backbone("litemedsam"), num_classes=1, decoder_init="random")
+    assert not torch.equal(random.decoder1.mask_tokens.weight, random.decoder2.mask_tokens.weight)
+
+
+def test_box_prompted_decoders_at_init_reproduce_litemedsam_on_busi(busi_dir):
+    """Decoder 1 (token 0) is LiteMedSAM's own box-prompted output; decoder 2 (token 1) differs but is
+    also a good box segmenter: the two branches start different and competent."""
+    import numpy as np
+
+    from CPCSAMLib import io
+    from CPCSAMLib.prompts import box_prompts_from_label_maps
+
+    lite = build_backbone("litemedsam")
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=1).eval()
+    names = (busi_dir / "val.txt").read_text().split()[:6]
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    own, d1, d2 = [], [], []
+    for name in names:
+        img = io.load_image(busi_dir / "images" / name)
+        x = io.resize(io.normalize(io.to_slices(img)[0][0]), 256, False)
+        lab = io.to_slices(io.load_label(busi_dir / "masks" / name, img, [255]))[0][0]
+        y = io.resize(lab.astype(np.uint8), 256, True) > 0
+        boxes = box_prompts_from_label_maps(y[None].astype(int), 1, 0, margin=0.1)
+        with torch.no_grad():
+            emb = model.encode(torch.from_numpy(x)[None, None].float())
+            sparse, dense = lite.prompt_encoder(points=None, boxes=boxes.center[:, 0], masks=None)
+            low, _ = lite.mask_decoder(emb, lite.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False)
+            own.append(dice(low[0, 0].numpy() > 0, y))
+            d1.append(dice(model.decode_boxes(1, emb, boxes.center, boxes.present).argmax(1)[0].numpy() == 1, y))
+            d2.append(dice(model.decode_boxes(2, emb, boxes.center, boxes.present).argmax(1)[0].numpy() == 1, y))
+    assert np.mean(own) > 0.85
+    assert np.allclose(d1, own, atol=0.005)
+    assert np.mean(d2) > 0.75 and not np.allclose(d2, own, atol=0.005)
+
+
+def test_absent_classes_and_self_prompted_inference(lite):
+    model = DualBranchSAM(lite, num_classes=2).eval()
+    emb = torch.randn(2, 256, 64, 64) * 0.1
+    boxes = torch.tensor([[[10.0, 10.0, 80.0, 90.0], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]])
+    present = torch.tensor([[True, False], [False, False]])
+    out = model.decode_boxes(1, emb, boxes, present)
+    assert out.shape == (2, 3, 256, 256)
+    plain = model.decode(1, emb)
+    # a class without a box has no prompt: its map is the unprompted one
+    assert torch.allclose(out[0, 2], plain[0, 2], atol=1e-5) and torch.allclose(out[1], plain[1], atol=1e-5)
+    assert not torch.allclose(out[0, 1], plain[0, 1], atol=1e-2)  # the boxed class is prompted
+    given = model.decode_boxes(1, emb, boxes, present, unprompted=plain)
+    assert torch.allclose(given, out, atol=1e-5)
+    x = torch.rand(1, 1, 256, 256)
+    unprompted = model.predict_probs(x)
+    prompted = model.predict_probs(x, self_prompt=True)
+    assert prompted.shape == unprompted.shape
+    assert torch.allclose(prompted.sum(1), torch.ones(1, 256, 256), atol=1e-4)
+    if unprompted.argmax(1).max() == 0:  # nothing found: no prompt, the unprompted result stands
+        assert torch.allclose(prompted, unprompted, atol=1e-5)
+    else:
+        assert not torch.allclose(prompted, unprompted, atol=1e-3)
 
 
 def test_sam_backbone_requires_checkpoint_and_refuses_wrong_file(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+from CPCSAMLib import losses  # noqa: E402
 from CPCSAMLib.modeling.backbones import build_backbone  # noqa: E402
 from CPCSAMLib.modeling.dual_sam import DualBranchSAM  # noqa: E402
 from CPCSAMLib.objective import CPCObjective  # noqa: E402
@@ -38,7 +39,7 @@ def test_step_runs_encoder_once_and_reaches_all_trainable_parts(method):
     assert calls[0] == (2 if method == "cpcsam" else 1)
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".lora_" in n)
-    for part in ("decoder1.", "decoder2.", "prompt_encoder.point_embeddings"):
+    for part in ("decoder1.", "decoder2.", "prompt_encoder.box_class_embeddings"):
         assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(part)), part
     if method == "supervised":
         assert out["loss_cross"] == 0 and out["loss_c"] == 0
@@ -77,3 +78,96 @@ def test_official_structure_three_rounds_each_with_encoder_and_whole_batch_decod
         dec.clear()
     assert enc == [2, 2, 2]  # an encoder forward over the whole batch per round
     assert per_round == [[(1, 2), (2, 2)], [(2, 2), (1, 2), (1, 2)], [(1, 2), (2, 2), (2, 2)]]
+
+
+def _frozen_setup(method, monkeypatch):
+    """Frozen-encoder objective on fixed embeddings where decoder 1's unprompted prediction is empty
+    and decoder 2's is a square: the prompts' origin is then visible in every prompted pass."""
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=1)
+    obj = CPCObjective(model, method, frozen_encoder=True)
+    emb = torch.randn(2, 256, 64, 64) * 0.1
+    yl = torch.zeros(1, 256, 256, dtype=torch.long)
+    yl[0, 100:160, 90:170] = 1
+    square = torch.full((1, 2, 256, 256), -5.0)
+    square[:, 0] = 0
+    square[:, 1, 40:80, 50:120] = 5.0
+    decode = model.decode
+
+    def fake_decode(branch, embeddings, coords=None, labels=None):
+        if coords is not None:
+            return decode(branch, embeddings, coords, labels)
+        base = decode(branch, embeddings)  # keeps the graph; the values are set below
+        shaped = square.expand(embeddings.shape[0], -1, -1, -1).clone()
+        if branch == 1:
+            shaped[:, 1] = -5.0  # decoder 1 finds nothing
+        return base * 0 + shaped
+
+    monkeypatch.setattr(model, "decode", fake_decode)
+    prompted = []
+    decode_prompted = model.decode_prompted
+
+    def record(branch, embeddings, prompts, which="center", unprompted=None):
+        out = decode_prompted(branch, embeddings, prompts, which, unprompted)
+        prompted.append((branch, which, embeddings.shape[0], prompts.present.clone(), out.detach()))
+        return out
+
+    monkeypatch.setattr(model, "decode_prompted", record)
+    targets = {}
+    original = losses.cross_prompting_loss
+
+    def cross(p1, p2, t1, t2):
+        targets["for_p1"], targets["for_p2"] = t1.clone(), t2.clone()
+        return original(p1, p2, t1, t2)
+
+    monkeypatch.setattr("CPCSAMLib.objective.losses.cross_prompting_loss", cross)
+    return obj, emb, yl, prompted, targets
+
+
+def test_cross_supervision_direction(monkeypatch):
+    """Eq. 1: decoder 1's prediction prompts decoder 2, whose prompted output supervises decoder 1."""
+    obj, emb, yl, prompted, targets = _frozen_setup("cpcsam", monkeypatch)
+    out = obj(emb[:1], yl, emb[1:], np.random.default_rng(0))
+    # the last four prompted passes are the unlabeled ones: centre D1, centre D2, random D1, random D2
+    last = prompted[-4:]
+    by = {(b, w): (present, o) for b, w, _, present, o in last}
+    assert set(by) == {(1, "center"), (2, "center"), (1, "random"), (2, "random")}
+    assert by[(1, "center")][0].all()  # decoder 1 is prompted from decoder 2's square
+    assert not by[(2, "center")][0].any()  # decoder 2 is prompted from decoder 1's empty map
+    # decoder 1's target is decoder 2's output for decoder 1's (empty) prompts: with no prompt that is
+    # decoder 2's unprompted square; decoder 2's target is decoder 1's box-prompted output
+    assert (targets["for_p1"][0, 40:80, 50:120] == 1).all() and targets["for_p1"].sum() == 40 * 70
+    assert (targets["for_p2"] == by[(1, "center")][1].argmax(1)).float().mean() > 0.9
+    assert out["loss_c"] > 0 and out["loss_cross"] > 0
+
+
+def test_cross_prompting_ablation_has_no_random_prompts_on_unlabeled(monkeypatch):
+    obj, emb, yl, prompted, targets = _frozen_setup("cross_prompting", monkeypatch)
+    out = obj(emb[:1], yl, emb[1:], np.random.default_rng(0))
+    labeled = prompted[:4]  # GT prompts, centre and random, both decoders
+    assert [(b, w) for b, w, *_ in labeled] == [(1, "center"), (1, "random"), (2, "center"), (2, "random")]
+    assert [(b, w) for b, w, *_ in prompted[4:]] == [(1, "center"), (2, "center")]
+    assert out["loss_c"] == 0 and out["loss_cross"] > 0
+    assert targets["for_p1"].sum() == 40 * 70  # decoder 2's square (no prompt from decoder 1)
+
+
+def test_cps_ablation_uses_unprompted_outputs_crosswise(monkeypatch):
+    obj, emb, yl, prompted, targets = _frozen_setup("cps", monkeypatch)
+    out = obj(emb[:1], yl, emb[1:], np.random.default_rng(0))
+    assert len(prompted) == 4  # only the labeled GT-prompted passes
+    assert (targets["for_p1"][0, 40:80, 50:120] == 1).all()  # decoder 2's square supervises decoder 1
+    assert (targets["for_p2"] == 0).all()  # decoder 1's empty map supervises decoder 2
+    assert out["loss_c"] == 0 and out["loss_cross"] > 0
+
+
+def test_point_prompts_still_work_for_sam_style_backbones():
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=2)
+    obj = CPCObjective(model, "cpcsam", prompt_type="point", frozen_encoder=True)
+    emb = torch.randn(2, 256, 64, 64) * 0.1
+    yl = torch.zeros(1, 256, 256, dtype=torch.long)
+    yl[0, 100:160, 90:170] = 1
+    out = obj(emb[:1], yl, emb[1:], np.random.default_rng(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert model.prompt_encoder.point_embeddings.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        CPCObjective(model, "cpcsam", prompt_type="mask")

@@ -7,7 +7,8 @@ from scipy import ndimage
 
 from CPCSAMLib.errors import InputError
 from CPCSAMLib.prompts import (
-    PointPrompts,
+    BOX_JITTER,
+    box_prompts_from_label_maps,
     center_point,
     largest_component,
     points_from_label_maps,
@@ -138,7 +139,7 @@ def test_torch_input_and_seeded_reproducibility():
         assert c.to("cuda").labels.device.type == "cuda"
 
 
-def test_stacked_and_cat_layout():
+def test_stacked_layout():
     m = np.zeros((2, 10, 10), dtype=np.int64)
     m[0, 1:6, 1:6] = 1
     m[1, 4:9, 4:9] = 2
@@ -147,9 +148,27 @@ def test_stacked_and_cat_layout():
     assert coords.shape == (4, 2, 2) and labels.shape == (4, 2)
     assert torch.equal(coords[:2], pp.center) and torch.equal(coords[2:], pp.random)
     assert torch.equal(labels[:2], pp.labels) and torch.equal(labels[2:], pp.labels)
-    both = PointPrompts.cat(pp, pp.to("cpu"))
-    assert len(both) == 4 and both.num_classes == 2
-    assert torch.equal(both.center[2:], pp.center) and torch.equal(both.labels[:2], pp.labels)
+
+
+def test_box_prompts_from_largest_component_with_margin_and_jitter():
+    m = np.zeros((2, 100, 100), dtype=np.int64)
+    m[0, 20:40, 10:60] = 1  # largest component of class 1: x 10..59, y 20..39
+    m[0, 80:83, 80:83] = 1  # a smaller one, ignored
+    m[0, 0:5, 95:100] = 2  # touches the border: clipped
+    bp = box_prompts_from_label_maps(m, 2, np.random.default_rng(0), margin=0.1)
+    assert bp.present.tolist() == [[True, True], [False, False]]
+    assert bp.center[0, 0].tolist() == pytest.approx([10 - 5, 20 - 2, 59 + 5, 39 + 2])
+    assert bp.center[0, 1].tolist() == pytest.approx([95 - 1, 0, 99, 4 + 1])
+    assert bp.center[1].abs().sum() == 0 and bp.random[1].abs().sum() == 0
+    jitter = (bp.random[0, 0] - bp.center[0, 0]).abs()
+    size = torch.tensor([60.0, 24.0, 60.0, 24.0])  # widened box: 60 x 24 pixels
+    assert (jitter <= BOX_JITTER * size + 1e-4).all() and jitter.sum() > 0
+    again = box_prompts_from_label_maps(m, 2, np.random.default_rng(0), margin=0.1)
+    assert torch.equal(again.random, bp.random)  # the generator decides the jitter
+    no_margin = box_prompts_from_label_maps(m, 2, np.random.default_rng(0), margin=0.0)
+    assert no_margin.center[0, 0].tolist() == pytest.approx([9, 19, 60, 40])  # at least one pixel
+    with pytest.raises(InputError):
+        box_prompts_from_label_maps(m, 2, 0, margin=-1)
 
 
 def test_bad_maps_raise():
