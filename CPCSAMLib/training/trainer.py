@@ -310,7 +310,9 @@ class _Run:
             status = trainer.run()
         except Cancelled as exc:
             self._finish(trainer, checkpointer, validator, hist, "cancelled")
-            raise Cancelled(f"{exc}; {self._kept(checkpointer)}") from None
+            cancelled = Cancelled(f"{exc}; {self._kept(checkpointer)}")
+            cancelled.reported = self.main  # the `finished` event is written
+            raise cancelled from None
         except BaseException as exc:
             self._report(exc, trainer.iteration)
             raise
