@@ -243,27 +243,22 @@ class _Run:
         stop.check("model loading")
         backbone = build_backbone(cfg.backbone, cfg.sam_checkpoint)
         stop.check("model loading")
+        torch.manual_seed(cfg.seed + self.rank)
         card = {**cfg.to_dict(), "num_classes": len(data.class_names)}
         model = build_model(card, device, backbone=backbone)
         del backbone
         return self._train(data, model, device, resume)
 
-    def _train(self, data: Data, model, device, resume: Optional[dict]) -> TrainResult:
+    def _make_step(self, model, device) -> TrainStep:
+        """The objective (frozen mode, prompts and weights from the config), AdamW and the update."""
         from ..objective import CPCObjective
 
-        cfg, stop = self.cfg, self.stop
-        torch.manual_seed(cfg.seed + self.rank)
+        cfg = self.cfg
         objective = CPCObjective(model, cfg.method, cfg.lambda_cross, cfg.lambda_consistency,
                                  prompt_type=cfg.resolved_prompt_type(), box_margin=cfg.box_margin,
                                  frozen_encoder=cfg.freeze_encoder)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-        start_it, best_dice, history = 0, None, empty_history()
-        if resume is not None:
-            start_it, best_dice, history = self._restore(resume, model, optimizer)
-        rng = np.random.default_rng(cfg.seed + 7919 * self.rank + start_it)
-        if start_it:
-            torch.manual_seed(cfg.seed + self.rank + start_it)
         step_module = objective
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -273,29 +268,44 @@ class _Run:
             step_module = DDP(objective, device_ids=[self.local_rank] if device.type == "cuda" else None,
                               find_unused_parameters=True)
         amp_dtype = autocast_dtype(cfg.precision, device)
-        step = TrainStep(objective, step_module, optimizer, device, amp_dtype, cfg.update == "sequential")
-        stop.check("model loading")
+        return TrainStep(objective, step_module, optimizer, device, amp_dtype, cfg.update == "sequential")
 
-        # ---- from here on, output is written (rank 0 only) --------------------------------------
-        default_events = self.events_path is None
-        events_file = (self.events_path or self.output_dir / "events.jsonl") if self.main else None
-        self.events = events = EventWriter(events_file, fresh=default_events and resume is None)
-        bl, bu = cfg.labeled_batch(), cfg.unlabeled_batch()
-        trainer = Trainer(cfg, model, step, None, events, stop, rng, device, amp_dtype, start_it, self.t_start)
+    def _attach_listeners(self, trainer: "Trainer", data: Data, optimizer, history: Dict[str, list],
+                          best_dice: Optional[float]):
+        """History, progress bar, validation and checkpointing listen on rank 0; ``on_event`` everywhere."""
+        cfg = self.cfg
         hist = History(history)
-        checkpointer = Checkpointer(self.output_dir, cfg, data.manifest.classes, model, optimizer, hist.data,
-                                    trainer.emit, start_it, best_dice)
+        checkpointer = Checkpointer(self.output_dir, cfg, data.manifest.classes, trainer.model, optimizer, hist.data,
+                                    trainer.emit, trainer.start_iteration, best_dice)
         validator = Validator(trainer, data.validation, data.class_names, best_dice) if data.validation else None
         if self.on_event:
             trainer.attach(self.on_event)
         if self.main:
             trainer.attach(hist)
-            show_bar = self.progress if self.progress is not None else os.isatty(2)
-            if show_bar:
-                trainer.attach(ProgressBar(cfg.iterations, start_it))
+            if self.progress if self.progress is not None else os.isatty(2):
+                trainer.attach(ProgressBar(cfg.iterations, trainer.start_iteration))
             if validator:
                 trainer.attach(validator)
             trainer.attach(checkpointer)
+        return hist, checkpointer, validator
+
+    def _train(self, data: Data, model, device, resume: Optional[dict]) -> TrainResult:
+        cfg, stop = self.cfg, self.stop
+        step = self._make_step(model, device)
+        start_it, best_dice, history = 0, None, empty_history()
+        if resume is not None:
+            start_it, best_dice, history = self._restore(resume, model, step.optimizer)
+            torch.manual_seed(cfg.seed + self.rank + start_it)
+        rng = np.random.default_rng(cfg.seed + 7919 * self.rank + start_it)
+        stop.check("model loading")
+        # ---- from here on, output is written (rank 0 only) --------------------------------------
+        events_file = (self.events_path or self.output_dir / "events.jsonl") if self.main else None
+        self.events = EventWriter(events_file, fresh=self.events_path is None and resume is None)
+        bl, bu = cfg.labeled_batch(), cfg.unlabeled_batch()
+        trainer = Trainer(cfg, model, step, None, self.events, stop, rng, device, step.amp_dtype, start_it,
+                          self.t_start)
+        hist, checkpointer, validator = self._attach_listeners(trainer, data, step.optimizer, history, best_dice)
+        amp_dtype = step.amp_dtype
         try:
             trainer.emit("started", iterations=cfg.iterations, start_iteration=start_it, device=str(device),
                          classes=data.class_names, num_labeled=len(data.labeled),
