@@ -190,3 +190,18 @@ def test_horizon_is_sized_from_the_measured_step_time():
     assert h.after_iteration(5, now=68.0) is None  # emitted once
     fixed = HorizonEstimator(TrainConfig(iterations=50), 0.0, 0)
     assert fixed.after_iteration(4, now=1.0) is None and fixed.horizon == 50
+
+
+def test_cli_train_with_a_bad_job_file_is_refused_before_anything_is_loaded(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"update": "sequential", "freeze_encoder": True}))
+    events = tmp_path / "events.jsonl"
+    r = subprocess.run([sys.executable, "-m", "CPCSAMLib", "train", "--manifest", str(tmp_path / "m.json"),
+                        "--output", str(tmp_path / "out"), "--config", str(job), "--events", str(events)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"cpcsam: error: --config {job}: --update sequential runs the encoder in every round and cannot be used "
+        "with --freeze-encoder; use --update combined"]
+    assert json.loads(events.read_text().splitlines()[-1])["event"] == "error"
+    assert not (tmp_path / "out").exists()

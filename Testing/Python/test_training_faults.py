@@ -264,3 +264,20 @@ def test_predict_refuses_two_inputs_of_one_name_before_loading_the_model(busi_di
     # a name ending in / is a folder; the missing model is then the error
     r = _cli("predict", "--model", missing_model, "--input", a / name, "--output", str(tmp_path / "dir") + "/")
     assert r.returncode == 2 and "no_model.pt" in r.stderr
+
+
+def test_a_second_training_into_a_running_ones_folder_fails_naming_it(manifests, tmp_path):
+    out = tmp_path / "out"
+    first = _popen("train", "--manifest", manifests["plain"], "--output", out, "--iterations", 50, *FAST)
+    try:
+        _wait_for(out / "events.jsonl", "started", first)
+        second = _cli("train", "--manifest", manifests["plain"], "--output", out, "--iterations", 1, "--overwrite",
+                      *FAST)
+        assert second.returncode == 2
+        assert f"in use by another training (pid {first.pid} on {socket.gethostname()}" in second.stderr
+        events = read_events(out / "events.jsonl")
+        assert [e["event"] for e in events].count("started") == 1  # nothing of the second run interleaved
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 3 and not (out / ".cpcsam.lock").exists()
