@@ -1,4 +1,8 @@
-"""Machine-readable progress: one JSON object per line, flushed after each line."""
+"""Machine-readable progress: one JSON object per line, flushed after each line.
+
+The training's events are one stream: the file and every listener (checkpointing, validation,
+history, progress bar, a caller's ``on_event``) receive each event in order.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,8 @@ import math
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, List, Optional
+
+from .errors import output_error
 
 
 def _clean(value: Any) -> Any:
@@ -19,28 +25,52 @@ def _clean(value: Any) -> Any:
 
 
 class EventWriter:
-    """Appends events to a JSON-lines file and forwards them to optional callbacks."""
+    """Appends events to a JSON-lines file (``fresh``: starts it empty) and forwards them to listeners.
 
-    def __init__(self, path: Optional[str | Path] = None) -> None:
+    A failed write (full disk, ``/dev/full``, read-only folder) raises :class:`OutputError` once;
+    later events still reach the listeners but no longer the file.
+    """
+
+    def __init__(self, path: Optional[str | Path] = None, fresh: bool = False) -> None:
         self.path = Path(path) if path else None
         self._file: Optional[IO[str]] = None
+        self.broken = False
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "w" if fresh and self.path.is_file() else "a", encoding="utf-8")
+            except OSError as exc:
+                self.broken = True
+                raise output_error(exc, f"events to {self.path}") from exc
         self.callbacks: List[Callable[[dict], None]] = []
 
     def emit(self, event: str, **fields: Any) -> dict:
         record = {"event": event, "time": round(time.time(), 3), **_clean(fields)}
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-        for cb in self.callbacks:
+            try:
+                self._file.write(json.dumps(record) + "\n")
+                self._file.flush()
+            except OSError as exc:
+                self._abandon_file()
+                raise output_error(exc, f"events to {self.path}") from exc
+        for cb in list(self.callbacks):
             cb(record)
         return record
 
+    def _abandon_file(self) -> None:
+        self.broken = True
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
             self._file = None
 
 

@@ -210,13 +210,20 @@ def test_sequential_update_runs_three_rounds_per_iteration(small_manifest, tmp_p
 
 def test_frozen_encoder_mode_caches_embeddings_and_predicts(small_manifest, tmp_path, busi_dir):
     out = tmp_path / "out"
-    r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 2, "--batch-size", 2,
-             "--val-every", 2, "--no-progress", "--freeze-encoder", "--cache-views", 2, "--decoder-init", "pretrained")
+    r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 5, "--batch-size", 2,
+             "--val-every", 5, "--no-progress", "--freeze-encoder", "--cache-views", 2, "--decoder-init", "pretrained",
+             "--max-minutes", 60)
     assert r.returncode == 0, r.stderr
     events = read_events(out / "events.jsonl")
     cached = [e for e in events if e["event"] == "cached"]
     assert cached and cached[0]["slices"] == 4 and cached[0]["views"] == 2
-    assert events[-1]["event"] == "finished" and events[-1]["iteration"] == 2
+    assert events[-1]["event"] == "finished" and events[-1]["iteration"] == 5
+    # with --max-minutes the schedule's horizon is measured after a few iterations (all 5 fit in 60 min)
+    horizon = [e for e in events if e["event"] == "horizon"]
+    assert len(horizon) == 1 and horizon[0]["iteration"] == 4 and horizon[0]["horizon"] == 5
+    assert horizon[0]["seconds_per_iteration"] > 0
+    lrs = [e["lr"] for e in events if e["event"] == "iteration"]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == pytest.approx(1e-3)  # no warm-up at 5 % of 5, poly
     payload = torch.load(out / "model_best.pt", weights_only=True)
     card = json.loads(payload["model_card"])
     assert card["freeze_encoder"] is True and card["decoder_init"] == "pretrained"
@@ -251,7 +258,7 @@ def test_embedding_store_lets_a_second_run_skip_the_encoder(small_manifest, tmp_
 
 
 def test_embedding_store_recomputes_a_damaged_file(tmp_path):
-    from CPCSAMLib.train import EmbeddingStore
+    from CPCSAMLib.training.embeddings import EmbeddingStore
 
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -269,6 +276,13 @@ def test_embedding_store_recomputes_a_damaged_file(tmp_path):
     path = next(store.folder.glob("*.pt"))
     path.write_bytes(b"not a tensor")
     assert store.get(img) is None and store.misses == 3
+    # temporary files of interrupted writes: those of dead processes go when a store is opened
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (store.folder / f"abc.{dead.pid}.tmp").write_bytes(b"partial")
+    (store.folder / f"def.{os.getpid()}.tmp").write_bytes(b"being written")
+    reopened = EmbeddingStore(tmp_path, model, torch.bfloat16)
+    assert reopened.removed_stale == 1 and sorted(p.name for p in store.folder.glob("*.tmp")) == [f"def.{os.getpid()}.tmp"]
     with torch.no_grad():
         model.image_encoder.w.mul_(2)
     assert EmbeddingStore(tmp_path, model, torch.bfloat16).folder != store.folder  # other weights, other folder
@@ -276,7 +290,7 @@ def test_embedding_store_recomputes_a_damaged_file(tmp_path):
 
 def test_embedding_store_write_failure_does_not_stop_training_and_bad_folder_is_refused(tmp_path, monkeypatch):
     from CPCSAMLib.errors import InputError
-    from CPCSAMLib.train import EmbeddingStore
+    from CPCSAMLib.training.embeddings import EmbeddingStore
 
     model = torch.nn.Module()
     model.image_encoder, model.input_size = torch.nn.Linear(2, 2), 8

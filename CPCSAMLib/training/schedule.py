@@ -1,0 +1,72 @@
+"""The learning-rate schedule and its horizon.
+
+Linear warm-up to ``lr``, then ``poly`` (power 0.9, down to 0 at the horizon), ``constant`` or
+``exp`` (down to ``lr * lr_final_ratio``). The horizon is ``iterations``, or with ``max_minutes``
+the iterations that fit into the time left, measured after a few iterations
+(:class:`HorizonEstimator`). The supervised-only warm-up is a fraction of the horizon.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+from ..config import TrainConfig
+
+MAX_DEFAULT_WARMUP = 250
+DEFAULT_WARMUP_FRACTION = 0.05
+
+
+def warmup_length(cfg: TrainConfig, horizon: int) -> int:
+    """``warmup_iters``, or by default min(250, 5 % of the horizon)."""
+    if cfg.warmup_iters is not None:
+        return cfg.warmup_iters
+    return min(MAX_DEFAULT_WARMUP, int(DEFAULT_WARMUP_FRACTION * horizon))
+
+
+def supervised_iterations(cfg: TrainConfig, horizon: int) -> int:
+    """Iterations trained on labeled images only, at the start of the schedule."""
+    return int(math.floor(cfg.supervised_warmup * horizon))
+
+
+def learning_rate(cfg: TrainConfig, it: int, horizon: Optional[int] = None) -> float:
+    """The learning rate of 0-based iteration ``it`` for a schedule of ``horizon`` iterations."""
+    horizon = cfg.iterations if horizon is None else horizon
+    warm = warmup_length(cfg, horizon)
+    if warm > 0 and it < warm:
+        return cfg.lr * (it + 1) / warm
+    progress = min(1.0, max(0.0, (it - warm) / max(1, horizon - warm)))
+    if cfg.lr_decay == "poly":
+        return cfg.lr * (1.0 - progress) ** 0.9
+    if cfg.lr_decay == "exp":
+        return cfg.lr * cfg.lr_final_ratio ** progress
+    return cfg.lr
+
+
+class HorizonEstimator:
+    """With ``max_minutes``: after ``timed`` iterations (the first one, which warms caches up, is not
+    timed) the horizon becomes min(iterations, iterations that fit into the remaining time)."""
+
+    def __init__(self, cfg: TrainConfig, start_time: float, start_iteration: int, timed: int = 3) -> None:
+        self.cfg, self.start_time, self.timed = cfg, start_time, timed
+        self.horizon = cfg.iterations
+        self.fixed = cfg.max_minutes is None
+        self._first = start_iteration + 1  # the iteration whose end starts the clock
+        self._clock: Optional[float] = None
+
+    def after_iteration(self, it: int, now: Optional[float] = None) -> Optional[dict]:
+        """Call after iteration ``it`` (1-based count) ends; returns the event fields once."""
+        if self.fixed:
+            return None
+        now = time.time() if now is None else now
+        if it == self._first:
+            self._clock = now
+            return None
+        if self._clock is None or it < self._first + self.timed:
+            return None
+        per_iteration = (now - self._clock) / (it - self._first)
+        remaining = self.cfg.max_minutes * 60.0 - (now - self.start_time)
+        fit = it + int(max(0.0, remaining) / max(per_iteration, 1e-9))
+        self.horizon = max(it, min(self.cfg.iterations, fit))
+        self.fixed = True
+        return {"iteration": it, "horizon": self.horizon, "seconds_per_iteration": round(per_iteration, 4)}

@@ -1,0 +1,207 @@
+"""The one training-options schema: one flag, one default and one validation per option."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from CPCSAMLib.config import DEMO_DEFAULTS, METHODS, TrainConfig, add_train_arguments, config_from_args
+from CPCSAMLib.errors import InputError
+
+FIELDS = dataclasses.fields(TrainConfig)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _parser(**overrides) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    add_train_arguments(p, **overrides)
+    return p
+
+
+def _cli_parser():
+    from CPCSAMLib.cli import build_parser
+
+    return build_parser()
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = _cli_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_every_field_has_exactly_one_flag_in_the_generated_parsers(command):
+    actions = [a for a in _subparser(command)._actions if a.dest in {f.name for f in FIELDS}]
+    by_dest = {}
+    for a in actions:
+        by_dest.setdefault(a.dest, []).append(a)
+    assert set(by_dest) == {f.name for f in FIELDS}
+    for f in FIELDS:
+        (action,) = by_dest[f.name]
+        long_flags = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        assert long_flags == [f.metadata["flag"]], f.name
+    flags = [f.metadata["flag"] for f in FIELDS]
+    assert len(flags) == len(set(flags))
+
+
+def test_parser_defaults_are_the_dataclass_defaults():
+    args = _subparser("train").parse_args(["--manifest", "m", "--output", "o"])
+    assert config_from_args(args) == TrainConfig()
+    demo = _subparser("demo").parse_args([])
+    assert config_from_args(demo) == TrainConfig(**DEMO_DEFAULTS)
+    for name, value in DEMO_DEFAULTS.items():  # an override that equals the default is a second default
+        assert getattr(TrainConfig(), name) != value, name
+
+
+def test_the_help_states_each_default_once_from_the_schema():
+    text = " ".join(_subparser("demo").format_help().split())
+    assert "--iterations ITERATIONS training iterations (the schedule's length) (default: 200)" in text
+    assert "(default: 10000)" in " ".join(_subparser("train").format_help().split())
+
+
+def test_no_other_engine_file_spells_a_training_flag_or_restates_defaults():
+    flags = {f.metadata["flag"] for f in FIELDS}
+    # predict's own options: inference settings of the same name, not training options
+    allowed = {"CPCSAMLib/cli.py": {"--axis", "--device", "--sam-checkpoint", "--overwrite"}}
+    offenders = []
+    for path in list((REPO / "CPCSAMLib").rglob("*.py")) + list((REPO / "benchmarks").rglob("*.py")):
+        if path.name == "config.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"add_argument\(\s*[\"'](--[a-z0-9-]+)", text):
+            if m.group(1) in flags and m.group(1) not in allowed.get(str(path.relative_to(REPO)), ()):
+                offenders.append(f"{path.relative_to(REPO)}: {m.group(1)}")
+        for m in re.finditer(r"TrainConfig\(([a-z_]+)=", text):
+            offenders.append(f"{path.relative_to(REPO)}: TrainConfig({m.group(1)}=...)")
+    assert not offenders, offenders
+
+
+def test_from_dict_round_trip_and_rejections():
+    cfg = TrainConfig.from_dict({"iterations": 50, "freeze_encoder": True, "percentiles": [1, 99]})
+    assert cfg.iterations == 50 and cfg.freeze_encoder and cfg.percentiles == [1, 99]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    bad = [({"iterationz": 5}, "iterationz"),
+           ({"freeze_encoder": "true"}, "--freeze-encoder"),  # JSON types only
+           ({"iterations": 0}, "--iterations"),
+           ({"iterations": 2.5}, "--iterations"),
+           ({"iterations": True}, "--iterations"),
+           ({"method": "fixmatch"}, "--method"),
+           ({"lr_decay": "cosine"}, "--lr-decay"),
+           ({"supervised_warmup": 1.5}, "--supervised-warmup"),
+           ({"percentiles": [99, 1]}, "--percentiles"),
+           ({"cache_views": 0}, "--cache-views"),
+           ({"batch_size": 1}, "--batch-size"),
+           ({"lr": float("nan")}, "--lr"),
+           ({"update": "sequential", "freeze_encoder": True}, "--freeze-encoder"),
+           ({"resume": True, "overwrite": True}, "--overwrite")]
+    for data, word in bad:
+        with pytest.raises(InputError, match=re.escape(word)):
+            TrainConfig.from_dict(data)
+
+
+def test_the_command_line_is_validated_by_the_same_field_checks():
+    p = _parser()
+    for argv, data in ((["--iterations", "0"], {"iterations": 0}),
+                       (["--method", "fixmatch"], {"method": "fixmatch"}),
+                       (["--supervised-warmup", "2"], {"supervised_warmup": 2.0})):
+        with pytest.raises(InputError) as from_cli:
+            config_from_args(p.parse_args(argv))
+        with pytest.raises(InputError) as from_json:
+            TrainConfig.from_dict(data)
+        assert str(from_cli.value) == str(from_json.value).split(": ", 1)[1]
+
+
+def test_sequential_update_with_frozen_encoder_is_an_error_not_ignored():
+    with pytest.raises(InputError, match="sequential"):
+        config_from_args(_parser().parse_args(["--update", "sequential", "--freeze-encoder"]))
+
+
+def test_job_file_then_explicit_flags(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"iterations": 500, "freeze_encoder": True, "lr": 0.002}))
+    cfg = config_from_args(_parser().parse_args(["--config", str(job), "--iterations", "7", "--no-freeze-encoder"]))
+    assert (cfg.iterations, cfg.freeze_encoder, cfg.lr) == (7, False, 0.002)
+    demo = config_from_args(_parser(**DEMO_DEFAULTS).parse_args(["--config", str(job)]))
+    assert demo.iterations == 500 and demo.batch_size == DEMO_DEFAULTS["batch_size"]
+    job.write_text(json.dumps({"iterations": "500"}))
+    with pytest.raises(InputError, match="job.json.*--iterations"):
+        config_from_args(_parser().parse_args(["--config", str(job)]))
+    job.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        config_from_args(_parser().parse_args(["--config", str(job)]))
+
+
+def test_labeled_batch_is_half_for_every_method_and_auto_prompts():
+    for method in METHODS:
+        cfg = TrainConfig(method=method, batch_size=6)
+        assert cfg.labeled_batch() == 3
+        assert cfg.unlabeled_batch() == (0 if method == "supervised" else 3)
+    assert TrainConfig().resolved_prompt_type() == "box"
+    assert TrainConfig(backbone="sam_vit_b").resolved_prompt_type() == "point"
+    assert TrainConfig(prompt_type="point").resolved_prompt_type() == "point"
+
+
+def test_objective_methods_are_the_schema_choices():
+    from CPCSAMLib import objective
+
+    assert objective.METHODS is METHODS  # one spelling: objective imports it from config
+
+
+def test_cli_and_evaluate_do_not_import_torch(tmp_path):
+    code = ("import sys; from CPCSAMLib import cli; cli.build_parser().parse_args(['evaluate', '--pred', 'a', "
+            "'--gt', 'b', '--output', 'c']); assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'CPCSAMLib.training' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_schedule_warmup_decay_and_supervised_fraction():
+    from CPCSAMLib.training.schedule import learning_rate, supervised_iterations, warmup_length
+
+    cfg = TrainConfig(iterations=10000, lr=1.0)
+    assert warmup_length(cfg, 10000) == 250 and warmup_length(cfg, 1000) == 50
+    assert learning_rate(cfg, 0, 1000) == pytest.approx(1 / 50)
+    assert learning_rate(cfg, 49, 1000) == pytest.approx(1.0)
+    assert learning_rate(cfg, 999, 1000) == pytest.approx((1 / 950) ** 0.9)
+    assert learning_rate(cfg, 1000, 1000) == 0.0  # poly reaches 0 at the horizon
+    assert learning_rate(cfg.replace(lr_decay="constant"), 700, 1000) == 1.0
+    exp = cfg.replace(lr_decay="exp", warmup_iters=0)
+    assert learning_rate(exp, 1000, 1000) == pytest.approx(0.01)
+    assert supervised_iterations(cfg, 1000) == 100 and supervised_iterations(cfg, 2) == 0
+
+
+def test_horizon_is_sized_from_the_measured_step_time():
+    from CPCSAMLib.training.schedule import HorizonEstimator
+
+    cfg = TrainConfig(iterations=10000, max_minutes=10.0)
+    h = HorizonEstimator(cfg, start_time=0.0, start_iteration=0, timed=3)
+    assert h.after_iteration(1, now=60.0) is None  # first iteration: not timed
+    assert h.after_iteration(2, now=62.0) is None and h.after_iteration(3, now=64.0) is None
+    event = h.after_iteration(4, now=66.0)  # 2 s per iteration, 534 s left -> 267 more
+    assert event == {"iteration": 4, "horizon": 271, "seconds_per_iteration": 2.0} and h.horizon == 271
+    assert h.after_iteration(5, now=68.0) is None  # emitted once
+    fixed = HorizonEstimator(TrainConfig(iterations=50), 0.0, 0)
+    assert fixed.after_iteration(4, now=1.0) is None and fixed.horizon == 50
+
+
+def test_cli_train_with_a_bad_job_file_is_refused_before_anything_is_loaded(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"update": "sequential", "freeze_encoder": True}))
+    events = tmp_path / "events.jsonl"
+    r = subprocess.run([sys.executable, "-m", "CPCSAMLib", "train", "--manifest", str(tmp_path / "m.json"),
+                        "--output", str(tmp_path / "out"), "--config", str(job), "--events", str(events)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"cpcsam: error: --config {job}: --update sequential runs the encoder in every round and cannot be used "
+        "with --freeze-encoder; use --update combined"]
+    assert json.loads(events.read_text().splitlines()[-1])["event"] == "error"
+    assert not (tmp_path / "out").exists()
