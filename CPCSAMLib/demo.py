@@ -14,7 +14,8 @@ import numpy as np
 
 from . import dataset as ds
 from . import io
-from .train import TrainConfig, plot_curves, run_training
+from .config import DEMO_DEFAULTS, TrainConfig
+from .training import plot_curves, run_training
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data" / "busi"
 
@@ -43,8 +44,7 @@ def run_demo(output: str | Path = "demo_output", config: Optional[TrainConfig] =
     from .infer import Predictor
     from .metrics import dice
 
-    cfg = config or TrainConfig(iterations=150, batch_size=4, decoder_init="pretrained", val_every=10,
-                                save_every=50, max_minutes=5.0)
+    cfg = config or TrainConfig(**DEMO_DEFAULTS)
     output = Path(output)
     manifest = ds.load_manifest(DEMO_DIR / "manifest.json")
     held_apart = list(manifest.validation)

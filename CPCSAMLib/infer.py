@@ -27,7 +27,7 @@ class Predictor:
     """A loaded model. Build with :meth:`from_checkpoint`."""
 
     def __init__(self, model, card: dict, device: torch.device, precision: str = "auto") -> None:
-        from .train import autocast_dtype
+        from .runtime import autocast_dtype
 
         self.model = model.eval()
         self.amp_dtype = autocast_dtype(precision, device)
@@ -37,11 +37,8 @@ class Predictor:
         self.label_values = [int(c["value"]) for c in self.classes]
         self.input_size = int(card["input_size"])
         self.percentiles = tuple(card["percentiles"]) if card.get("percentiles") else None
-        from .modeling.backbones import resolve_prompt_type
-
-        options = card.get("training_config") or {}
-        self.prompt_type = resolve_prompt_type(options.get("prompt_type", "auto"), card["backbone"])
-        self.box_margin = float(options.get("box_margin", 0.1))
+        self.prompt_type = card["prompt_type"]
+        self.box_margin = float(card["box_margin"])
         self._embeddings: "OrderedDict[str, torch.Tensor]" = OrderedDict()  # recent slices, for repeated clicks
         self.embedding_cache_size = 8
         self.encoder_calls = 0
@@ -69,16 +66,19 @@ class Predictor:
         """Loads ``path`` (weights only, no code execution). SAM backbones need their original
         checkpoint file: the one recorded at training time, or ``backbone_checkpoint``."""
         from .modeling.backbones import build_backbone
-        from .modeling.dual_sam import DualBranchSAM
-        from .train import select_device
+        from .runtime import build_model, select_device
 
         payload = load_checkpoint(path)
         card = payload["model_card"]
         check_compatible(card, path, backbone=expected_backbone,
                          class_names=list(expected_classes) if expected_classes is not None else None)
+        if "prompt_type" not in card:
+            raise CheckpointError(f"{path} was trained by an earlier version of CPC-SAM whose decoders this version "
+                                  "cannot load; train the model again")
         bb_file = backbone_checkpoint or card.get("backbone_checkpoint")
         backbone = build_backbone(card["backbone"], bb_file if card["backbone"] != "litemedsam" else backbone_checkpoint)
-        model = DualBranchSAM(backbone, int(card["num_classes"]), int(card["lora_rank"]))
+        dev = select_device(device)
+        model = build_model(card, torch.device("cpu"), backbone)
         state = payload["state_dict"]
         expected = set(model.trainable_state_dict())
         missing = expected - set(state)
@@ -91,7 +91,6 @@ class Predictor:
             model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: tensor shapes do not match the model ({str(exc)[:200]})") from exc
-        dev = select_device(device)
         if dev.type == "cpu":
             torch.set_flush_denormal(True)
         model.set_channels_last(dev.type == "cpu")

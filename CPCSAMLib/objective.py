@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from . import losses
+from .config import METHODS
 from .modeling.dual_sam import DualBranchSAM
 
-METHODS = ("cpcsam", "cross_prompting", "cps", "supervised")
 PROMPT_TYPES = ("box", "point")
 
 

@@ -166,13 +166,6 @@ def input_size_for(name: str) -> int:
     raise CheckpointError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
-def resolve_prompt_type(prompt_type: str, backbone: str) -> str:
-    """``auto`` -> ``box`` for LiteMedSAM (trained with box prompts only), ``point`` for SAM ViT (the paper)."""
-    if prompt_type != "auto":
-        return prompt_type
-    return "box" if backbone == "litemedsam" else "point"
-
-
 def build_backbone(name: str = "litemedsam", checkpoint: Optional[str] = None) -> Backbone:
     """Builds the named backbone. ``checkpoint`` is required for SAM ViT backbones."""
     if name == "litemedsam":

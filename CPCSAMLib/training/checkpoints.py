@@ -21,8 +21,7 @@ def model_card(cfg: TrainConfig, classes: List[ds.ClassInfo], input_size: int, i
     return {
         "backbone": cfg.backbone,
         "backbone_checkpoint": cfg.sam_checkpoint,
-        "classes": [{"name": c.name, "value": int(c.value)} for c in classes],
-        "num_classes": len(classes),
+        "classes": ds.classes_to_json(classes),
         "input_size": input_size,
         "lora_rank": cfg.lora_rank,
         "decoder_init": cfg.decoder_init,
