@@ -47,9 +47,9 @@ if ENGINE_PARENT_DIR not in sys.path:
     sys.path.insert(0, ENGINE_PARENT_DIR)
 
 from CPCSAMLib import InputError  # noqa: E402
-from CPCSAMLib import install as cpcsamInstall  # noqa: E402
-from CPCSAMLib import mrml as cpcsamMrml  # noqa: E402
-from CPCSAMLib import process as cpcsamProcess  # noqa: E402
+from CPCSAMLib.slicer import install as cpcsamInstall  # noqa: E402
+from CPCSAMLib.slicer import mrml as cpcsamMrml  # noqa: E402
+from CPCSAMLib.slicer import process as cpcsamProcess  # noqa: E402
 
 #: Parameter node defaults: the paper's settings (Miao et al., MICCAI 2024) and LiteMedSAM.
 DEFAULT_PARAMETERS = {

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from CPCSAMLib import InputError, mrml  # noqa: E402
+from CPCSAMLib import InputError
+from CPCSAMLib.slicer import mrml  # noqa: E402
 from CPCSAMLib import dataset, io  # noqa: E402
 
 

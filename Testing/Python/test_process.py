@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from CPCSAMLib.process import (EXIT_CANCELLED, EngineProcess, Signal, default_python_executable,
+from CPCSAMLib.slicer.process import (EXIT_CANCELLED, EngineProcess, Signal, default_python_executable,
                                predict_arguments, train_arguments, train_options)
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-tree checks use POSIX /proc")
@@ -329,7 +329,7 @@ def test_train_options_are_accepted_by_the_engine_cli(tmp_path):
 
 
 def test_python_slicer_is_found_next_to_the_slicer_executable(tmp_path, monkeypatch):
-    import CPCSAMLib.process as process_module
+    import CPCSAMLib.slicer.process as process_module
 
     linux = tmp_path / "Slicer" / "bin"
     linux.mkdir(parents=True)

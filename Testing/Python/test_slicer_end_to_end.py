@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from CPCSAMLib import InputError, effect_logic, mrml  # noqa: E402
+from CPCSAMLib import InputError  # noqa: E402
+from CPCSAMLib.slicer import effect_logic, mrml  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks use /proc")
 

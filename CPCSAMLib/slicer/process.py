@@ -180,7 +180,7 @@ def train_options(**options) -> Dict[str, object]:
     ("SAM ViT-B", "GPU"). ``None`` values are dropped. Raises ``InputError`` for an unknown
     option, backbone or device, and for a SAM backbone without an existing checkpoint file.
     """
-    from .errors import InputError
+    from ..errors import InputError
 
     out: Dict[str, object] = {}
     for key, value in options.items():
