@@ -49,6 +49,7 @@ if ENGINE_PARENT_DIR not in sys.path:
 from CPCSAMLib import InputError  # noqa: E402
 from CPCSAMLib.slicer import install as cpcsamInstall  # noqa: E402
 from CPCSAMLib.slicer import mrml as cpcsamMrml  # noqa: E402
+from CPCSAMLib.slicer import pairs as cpcsamPairs  # noqa: E402
 from CPCSAMLib.slicer import process as cpcsamProcess  # noqa: E402
 
 #: Parameter node defaults: the paper's settings (Miao et al., MICCAI 2024) and LiteMedSAM.
@@ -67,7 +68,6 @@ DEFAULT_PARAMETERS = {
     "FastCPUMode": False,
     "OutputDirectory": "",
     "ModelPath": "",
-    "LabeledSegments": "[]",
 }
 
 #: Widgets that edit one scalar parameter: (widget name in the .ui, parameter, kind).
@@ -103,8 +103,6 @@ TRAIN_OPTION_PARAMETERS = {
     "FastCPUMode": "freezeEncoder",
 }
 
-PAIR_VOLUME_ROLE = "PairVolume"
-PAIR_SEGMENTATION_ROLE = "PairSegmentation"
 UNLABELED_ROLE = "UnlabeledVolume"
 APPLY_ROLE = "ApplyVolume"
 CURRENT_VOLUME_ROLE = "LabeledVolume"
@@ -338,19 +336,9 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [listWidget.item(i).data(qt.Qt.UserRole) for i in range(listWidget.count)
                 if listWidget.item(i).checkState() == qt.Qt.Checked]
 
-    def _pairSegments(self):
-        try:
-            return json.loads(self._parameterNode.GetParameter("LabeledSegments") or "[]")
-        except ValueError:
-            return []
-
     def labeledPairs(self):
-        """``[(volume, segmentation, segment_ids)]`` stored in the parameter node."""
-        volumes = self._referencedNodes(PAIR_VOLUME_ROLE)
-        segmentations = self._referencedNodes(PAIR_SEGMENTATION_ROLE)
-        segments = self._pairSegments()
-        segments += [None] * (len(volumes) - len(segments))
-        return [(v, s, ids) for v, s, ids in zip(volumes, segmentations, segments)]
+        """The stored pairs (``CPCSAMLib.slicer.pairs.LabeledPair``); a deleted node reads as None."""
+        return cpcsamPairs.labeled_pairs(self._parameterNode)
 
     def onAddPair(self):
         volume = self.ui.labeledVolumeSelector.currentNode()
@@ -358,36 +346,24 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentIds = self._checkedSegmentIds()
         if volume is None or segmentation is None or not segmentIds:
             return
-        pairs = [p for p in self.labeledPairs() if p[0] is not volume or p[1] is not segmentation]
-        pairs.append((volume, segmentation, segmentIds))
-        self._storePairs(pairs)
+        cpcsamPairs.add_pair(self._parameterNode, volume, segmentation, segmentIds)
 
     def onRemovePair(self):
-        row = self.ui.labeledPairsTable.currentRow()
-        pairs = self.labeledPairs()
-        if 0 <= row < len(pairs):
-            del pairs[row]
-            self._storePairs(pairs)
-
-    def _storePairs(self, pairs):
-        wasModified = self._parameterNode.StartModify()
-        self._setReferencedNodes(PAIR_VOLUME_ROLE, [p[0] for p in pairs])
-        self._setReferencedNodes(PAIR_SEGMENTATION_ROLE, [p[1] for p in pairs])
-        self._parameterNode.SetParameter("LabeledSegments", json.dumps([p[2] for p in pairs]))
-        self._parameterNode.EndModify(wasModified)
+        cpcsamPairs.remove_pair(self._parameterNode, self.ui.labeledPairsTable.currentRow())
 
     def _updatePairsTable(self):
         table = self.ui.labeledPairsTable
         pairs = self.labeledPairs()
         table.setRowCount(len(pairs))
-        for row, (volume, segmentation, segmentIds) in enumerate(pairs):
+        for row, pair in enumerate(pairs):
             names = []
-            if segmentation is not None:
-                seg = segmentation.GetSegmentation()
-                ids = segmentIds or [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+            if pair.segmentation is not None:
+                seg = pair.segmentation.GetSegmentation()
+                ids = pair.segment_ids or [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
                 names = [seg.GetSegment(i).GetName() if seg.GetSegment(i) else f"({i} removed)" for i in ids]
-            table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName() if volume else "(removed)"))
-            table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName() if segmentation else "(removed)"))
+            table.setItem(row, 0, qt.QTableWidgetItem(pair.volume.GetName() if pair.volume else "(deleted: not used)"))
+            table.setItem(row, 1, qt.QTableWidgetItem(pair.segmentation.GetName() if pair.segmentation
+                                                      else "(deleted: not used)"))
             table.setItem(row, 2, qt.QTableWidgetItem(", ".join(names)))
 
     def onUnlabeledVolumesChanged(self):
@@ -406,7 +382,7 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          and self.ui.labeledSegmentationSelector.currentNode() is not None
                                          and bool(self._checkedSegmentIds()))
         self.ui.removePairButton.enabled = not running and self.ui.labeledPairsTable.currentRow() >= 0
-        hasPairs = len(self.labeledPairs()) > 0
+        hasPairs = bool(cpcsamPairs.complete_pairs(self.labeledPairs())[0])
         self.ui.trainButton.enabled = running or hasPairs
         self.ui.trainButton.text = "Cancel" if running else "Train"
         self.ui.trainButton.toolTip = ("Stop training (a checkpoint is saved first)." if running else
@@ -461,7 +437,9 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if cpcsamInstall.missing_packages() and not self.onInstallDependencies():
             return
-        pairs = self.labeledPairs()
+        pairs, incomplete = cpcsamPairs.complete_pairs(self.labeledPairs())
+        if incomplete:
+            self.appendLog(f"{len(incomplete)} labeled pair(s) lost a deleted node and are not used.")
         validation = []
         if self._parameterNode.GetParameter("Validation") == "true" and len(pairs) >= 2:
             validation = [pairs[-1]]
