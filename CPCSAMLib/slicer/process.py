@@ -43,6 +43,7 @@ __all__ = [
     "train_arguments",
     "predict_arguments",
     "write_train_config",
+    "validate_train_options",
     "popen_platform_kwargs",
     "CANCEL_FILE_ENV",
     "BACKBONES",
@@ -129,24 +130,31 @@ BACKBONES = {"LiteMedSAM": "litemedsam", "SAM ViT-B": "sam_vit_b", "SAM ViT-L": 
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 
 
+def validate_train_options(options: Dict[str, object]) -> None:
+    """Check training options as the engine will: ``TrainConfig.from_dict`` (names, JSON types,
+    values; ``InputError`` naming the option), and that a SAM ViT backbone's checkpoint file exists
+    (so the user hears it before the export, not minutes later from the engine)."""
+    from ..config import TrainConfig
+    from ..errors import InputError
+
+    TrainConfig.from_dict(dict(options), source="training options")
+    checkpoint = options.get("sam_checkpoint")
+    if str(options.get("backbone", "")).startswith("sam_vit") and (not checkpoint or not Path(str(checkpoint)).is_file()):
+        raise InputError(f"The {options['backbone']} backbone needs the SAM checkpoint file "
+                         f"(e.g. sam_vit_b_01ec64.pth); got {checkpoint!r}.")
+
+
 def write_train_config(path, options: Dict[str, object]) -> Path:
     """Validate training options and write them as the engine's job file; return its path.
 
     ``options``: ``CPCSAMLib.config.TrainConfig`` field names with JSON values (real booleans
     and numbers), e.g. ``{"iterations": 500, "freeze_encoder": true, "max_minutes": 30.0}``.
-    They are checked by ``TrainConfig.from_dict`` (unknown name or bad value: ``InputError``
-    naming it) before anything is written, and written as given (the engine's defaults apply to
-    the rest). The engine reads the file with ``train --config``.
+    They are checked by :func:`validate_train_options` before anything is written, and written as
+    given (the engine's defaults apply to the rest). The engine reads the file with
+    ``train --config``.
     """
-    from ..config import TrainConfig
-    from ..errors import InputError
-
     options = dict(options)
-    TrainConfig.from_dict(options, source="training options")
-    checkpoint = options.get("sam_checkpoint")
-    if str(options.get("backbone", "")).startswith("sam_vit") and (not checkpoint or not Path(str(checkpoint)).is_file()):
-        raise InputError(f"The {options['backbone']} backbone needs the SAM checkpoint file "
-                         f"(e.g. sam_vit_b_01ec64.pth); got {checkpoint!r}.")
+    validate_train_options(options)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

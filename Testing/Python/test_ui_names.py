@@ -105,7 +105,10 @@ def test_panel_has_the_required_controls(widgets):
                       ("labeledSegmentationSelector", "qMRMLNodeComboBox"),
                       ("applyVolumesSelector", "qMRMLCheckableNodeComboBox"),
                       ("modelPathLineEdit", "ctkPathLineEdit"), ("outputDirectoryPathLineEdit", "ctkPathLineEdit"),
-                      ("samCheckpointPathLineEdit", "ctkPathLineEdit")]:
+                      ("samCheckpointPathLineEdit", "ctkPathLineEdit"),
+                      ("outputSegmentationSelector", "qMRMLNodeComboBox"),
+                      ("show3DButton", "qMRMLSegmentationShow3DButton"), ("maxMinutesSpinBox", "QDoubleSpinBox"),
+                      ("openJobFolderButton", "QPushButton")]:
         assert widgets.get(name) == cls, f"{name}: {widgets.get(name)} != {cls}"
     assert widgets["CPCSAM"] == "qMRMLWidget"
 
@@ -118,7 +121,9 @@ def test_ui_declares_custom_widgets_and_scene_connections(ui_tree, widgets):
                   "QListWidget", "QTableWidget", "QProgressBar", "QPlainTextEdit"}
     for name, cls in widgets.items():
         assert cls in qt_classes or cls in declared, f"{name}: class {cls} is neither Qt nor declared"
-    mrml = {n for n, c in widgets.items() if c.startswith("qMRML") and c != "qMRMLWidget"}
+    # qMRMLSegmentationShow3DButton is a ctkMenuButton without setMRMLScene
+    mrml = {n for n, c in widgets.items() if c.startswith("qMRML")
+            and c not in ("qMRMLWidget", "qMRMLSegmentationShow3DButton")}
     connected = {c.find("receiver").text for c in root.iter("connection")
                  if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
@@ -191,3 +196,34 @@ def test_icons_are_real_pngs(repo_root):
         image = sitk.ReadImage(str(repo_root / path))
         assert image.GetSize() == (128, 128), path
         assert image.GetNumberOfComponentsPerPixel() in (3, 4)
+
+
+def _selector_accepts(element, node) -> bool:
+    """qMRMLSortFilterProxyModel's node-type rule (Libs/MRML/Widgets/qMRMLSortFilterProxyModel.cxx):
+    with showChildNodeTypes false a node's class must equal one of nodeTypes; otherwise IsA, minus
+    hideChildNodeTypes (default of showChildNodeTypes: true)."""
+    types = [e.text for e in element.find("property[@name='nodeTypes']").iter("string")]
+    show_child = _property(element, "showChildNodeTypes") != "false"
+    hidden = [e.text for e in element.findall("property[@name='hideChildNodeTypes']//string")]
+    for node_type in types:
+        if not node.IsA(node_type):
+            continue
+        if not show_child and node.GetClassName() != node_type:
+            continue
+        if show_child and any(node.IsA(h) for h in hidden):
+            return False
+        return True
+    return False
+
+
+def test_volume_selectors_offer_rgb_volumes_and_no_labelmaps(ui_tree):
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    nodes = {cls: scene.AddNewNodeByClass(cls) for cls in (
+        "vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLLabelMapVolumeNode",
+        "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLSegmentationNode")}
+    by_name = {w.get("name"): w for w in ui_tree.iter("widget")}
+    for name in ("labeledVolumeSelector", "unlabeledVolumesSelector", "applyVolumesSelector"):
+        accepted = {cls for cls, node in nodes.items() if _selector_accepts(by_name[name], node)}
+        assert accepted == {"vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"}, (name, accepted)
+    scene.Clear(1)
