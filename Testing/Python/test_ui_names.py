@@ -227,3 +227,22 @@ def test_volume_selectors_offer_rgb_volumes_and_no_labelmaps(ui_tree):
         accepted = {cls for cls, node in nodes.items() if _selector_accepts(by_name[name], node)}
         assert accepted == {"vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"}, (name, accepted)
     scene.Clear(1)
+
+
+def test_extension_urls_name_files_of_the_repository(repo_root):
+    """The icon and screenshot URLs point at files that exist here (no invented pictures)."""
+    text = (repo_root / "CMakeLists.txt").read_text(encoding="utf-8")
+    variables = dict(re.findall(r'set\((\w+) "([^"]*)"\)', text))
+    raw = variables["CPCSAM_RAW_FILES"]
+    assert raw.startswith("https://raw.githubusercontent.com/")
+    for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in variables[name].split():
+            url = url.replace("${CPCSAM_RAW_FILES}", raw)
+            assert url.startswith(raw + "/"), url
+            path = repo_root / url[len(raw) + 1:]
+            assert path.is_file(), f"{name} names a file that does not exist: {path}"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert variables["EXTENSION_HOMEPAGE"].replace("${CPCSAM_REPOSITORY}", variables["CPCSAM_REPOSITORY"]) \
+        .startswith(variables["CPCSAM_REPOSITORY"])
+    assert (repo_root / "docs" / "SLICER.md").is_file()
+    assert "placeholder" not in text.lower() and "example.com" not in text
