@@ -268,3 +268,30 @@ def test_cancel_a_real_training_run_after_the_scene_was_closed(logic, scene, bus
     assert finished and finished[-1]["status"] == "cancelled"
     assert run.last_checkpoint == tmp_path / "job" / "model" / "model_last.pt"
     assert run.last_checkpoint.is_file()  # the trained model's path survives the closed scene
+
+
+def test_a_model_trained_before_the_scene_closed_is_kept(logic, scene):
+    """Closing the scene replaces the parameter node: the new one gets the model the logic kept."""
+    logic.latestModelPath = "/data/job/model/model_best.pt"
+    fresh = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "CPCSAM")
+    logic.setDefaultParameters(fresh)
+    assert fresh.GetParameter("ModelPath") == "/data/job/model/model_best.pt"
+    assert fresh.GetParameter("FastCPUMode") == "false" and fresh.GetParameter("MaxMinutes") == "0"
+    fresh.SetParameter("ModelPath", "/other.pt")  # a user's choice is never replaced
+    logic.setDefaultParameters(fresh)
+    assert fresh.GetParameter("ModelPath") == "/other.pt"
+
+
+def test_eta_from_the_engine_events():
+    from CPCSAMLib.slicer.runs import Eta, format_duration
+
+    eta = Eta()
+    eta.update({"event": "started", "iterations": 1000})
+    assert eta.seconds_left() is None  # no pace yet
+    eta.update({"event": "iteration", "iteration": 1, "iterations": 1000, "seconds": 10.0})
+    eta.update({"event": "iteration", "iteration": 11, "iterations": 1000, "seconds": 30.0})
+    assert eta.seconds_left() == pytest.approx(989 * 2.0)
+    eta.update({"event": "horizon", "iteration": 11, "horizon": 111, "seconds_per_iteration": 2.0})
+    assert eta.seconds_left() == pytest.approx(100 * 2.0)  # the time limit caps the run
+    assert eta.text() == "about 3 min 20 s left"
+    assert format_duration(7300) == "2 h 01 min" and format_duration(None) == "-"
