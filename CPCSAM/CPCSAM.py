@@ -105,6 +105,7 @@ TRAIN_FIELDS = (
     ("fastCPUModeCheckBox", "freeze_encoder", bool),
 )
 
+UNLABELED_ROLE = "UnlabeledVolume"
 APPLY_ROLE = "ApplyVolume"
 CURRENT_VOLUME_ROLE = "LabeledVolume"
 CURRENT_SEGMENTATION_ROLE = "LabeledSegmentation"

@@ -246,3 +246,32 @@ def test_extension_urls_name_files_of_the_repository(repo_root):
         .startswith(variables["CPCSAM_REPOSITORY"])
     assert (repo_root / "docs" / "SLICER.md").is_file()
     assert "placeholder" not in text.lower() and "example.com" not in text
+
+
+def _undefined_names(source: str):
+    """Names a module loads but never defines or imports (module-level view, like pyflakes' F821)."""
+    import ast
+    import builtins
+
+    tree = ast.parse(source)
+    defined = set(dir(builtins)) | {"__file__", "__name__"}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            defined.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return sorted(used - defined)
+
+
+def test_slicer_files_use_no_undefined_name(repo_root):
+    """The Qt files cannot run here: at least every name they use must exist."""
+    for path in [MODULE, EFFECT, Path("SegmentEditorCPCSAM") / "SegmentEditorCPCSAM.py"]:
+        assert _undefined_names((repo_root / path).read_text(encoding="utf-8")) == [], path
+    assert _undefined_names("x = UNDEFINED_ROLE\n") == ["UNDEFINED_ROLE"]
