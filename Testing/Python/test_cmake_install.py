@@ -101,3 +101,23 @@ def test_a_new_subpackage_is_installed_without_editing_cmake(repo_root, tmp_path
             "CPCSAMLib/newpart/deeper/thing.py"} <= scripts
     assert not any("__pycache__" in s for s in scripts)
     assert scripts == _package_files(copy)[0]
+
+
+def test_the_engine_never_imports_the_slicer_side(repo_root):
+    """``CPCSAMLib.slicer`` serves Slicer; no engine module imports it (checked on the source)."""
+    import ast
+
+    offenders = []
+    for path in (repo_root / "CPCSAMLib").rglob("*.py"):
+        if "slicer" in path.relative_to(repo_root / "CPCSAMLib").parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n.lstrip(".").startswith("slicer") and (n.startswith(".") or n == "slicer") or
+                   n.startswith("CPCSAMLib.slicer") for n in names):
+                offenders.append(str(path.relative_to(repo_root)))
+    assert offenders == []
