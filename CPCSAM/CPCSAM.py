@@ -2,20 +2,20 @@
 
 The widget is thin: it loads ``Resources/UI/CPCSAM.ui``, keeps the user's choices in the
 module's parameter node and forwards to :class:`CPCSAMLogic`, which delegates to the Qt-free
-engine package ``CPCSAMLib`` (``mrml``: export/import of MRML nodes, ``process``: the engine in a
-background process, ``install``: Python dependencies). Training runs in a separate process
-(``PythonSlicer -m CPCSAMLib train``), so Slicer stays responsive and a crash or a cancel never
-takes the application down.
+Slicer side of the engine, ``CPCSAMLib.slicer`` (``mrml``: export/import of MRML nodes,
+``pairs``: the labeled pairs, ``runs``: training and Apply as background runs, ``process``: the
+engine's command line in a background process, ``install``: versions and Python dependencies).
+Training and Apply run in separate processes (``PythonSlicer -m CPCSAMLib train|predict``) stepped
+from a timer, so Slicer stays responsive and a crash or a cancel never takes the application down.
 
 Console API (Slicer's Python console)::
 
     logic = slicer.util.getModuleLogic("CPCSAM")
     model = logic.train(labeled=[(volumeNode, segmentationNode)], unlabeled=[otherVolume],
-                        iterations=300, batchSize=4)          # blocks; returns model_best.pt
-    segmentationNode = logic.apply(model, otherVolume)         # a new segmentation node
+                        iterations=300, batch_size=4)         # TrainConfig names; blocks; model_best.pt
+    segmentationNode = logic.apply(model, otherVolume)         # the volume's last result, or a new node
 """
 
-import json
 import logging
 import os
 import sys
@@ -47,11 +47,14 @@ if ENGINE_PARENT_DIR not in sys.path:
     sys.path.insert(0, ENGINE_PARENT_DIR)
 
 from CPCSAMLib import InputError  # noqa: E402
-from CPCSAMLib import install as cpcsamInstall  # noqa: E402
-from CPCSAMLib import mrml as cpcsamMrml  # noqa: E402
-from CPCSAMLib import process as cpcsamProcess  # noqa: E402
+from CPCSAMLib.slicer import install as cpcsamInstall  # noqa: E402
+from CPCSAMLib.slicer import mrml as cpcsamMrml  # noqa: E402
+from CPCSAMLib.slicer import pairs as cpcsamPairs  # noqa: E402
+from CPCSAMLib.slicer import process as cpcsamProcess  # noqa: E402
+from CPCSAMLib.slicer import runs as cpcsamRuns  # noqa: E402
 
-#: Parameter node defaults: the paper's settings (Miao et al., MICCAI 2024) and LiteMedSAM.
+#: Parameter node defaults of the panel (strings in the parameter node). Training options left
+#: at the engine's default are not written to the job file; these are the panel's own choices.
 DEFAULT_PARAMETERS = {
     "Backbone": "LiteMedSAM",
     "SAMCheckpoint": "",
@@ -65,9 +68,9 @@ DEFAULT_PARAMETERS = {
     "ValidationEvery": 100,
     "Validation": False,
     "FastCPUMode": False,
+    "MaxMinutes": 0,
     "OutputDirectory": "",
     "ModelPath": "",
-    "LabeledSegments": "[]",
 }
 
 #: Widgets that edit one scalar parameter: (widget name in the .ui, parameter, kind).
@@ -84,27 +87,24 @@ SCALAR_WIDGETS = (
     ("validationEverySpinBox", "ValidationEvery", "int"),
     ("validationCheckBox", "Validation", "bool"),
     ("fastCPUModeCheckBox", "FastCPUMode", "bool"),
+    ("maxMinutesSpinBox", "MaxMinutes", "float"),
     ("outputDirectoryPathLineEdit", "OutputDirectory", "path"),
     ("modelPathLineEdit", "ModelPath", "path"),
 )
 
-#: Parameter -> train option (CPCSAMLib.process.train_options names).
-TRAIN_OPTION_PARAMETERS = {
-    "Backbone": "backbone",
-    "SAMCheckpoint": "samCheckpoint",
-    "Device": "device",
-    "Iterations": "iterations",
-    "BatchSize": "batchSize",
-    "LearningRate": "learningRate",
-    "LambdaCross": "lambdaCross",
-    "LambdaConsistency": "lambdaConsistency",
-    "LoraRank": "loraRank",
-    "ValidationEvery": "valEvery",
-    "FastCPUMode": "freezeEncoder",
-}
+#: Training widgets -> the engine's option (CPCSAMLib.config.TrainConfig field), read typed from
+#: the widget (int, float, bool): the job file holds JSON numbers and booleans.
+TRAIN_FIELDS = (
+    ("iterationsSpinBox", "iterations", int),
+    ("batchSizeSpinBox", "batch_size", int),
+    ("learningRateSpinBox", "lr", float),
+    ("lambdaCrossSpinBox", "lambda_cross", float),
+    ("lambdaConsistencySpinBox", "lambda_consistency", float),
+    ("loraRankSpinBox", "lora_rank", int),
+    ("validationEverySpinBox", "val_every", int),
+    ("fastCPUModeCheckBox", "freeze_encoder", bool),
+)
 
-PAIR_VOLUME_ROLE = "PairVolume"
-PAIR_SEGMENTATION_ROLE = "PairSegmentation"
 UNLABELED_ROLE = "UnlabeledVolume"
 APPLY_ROLE = "ApplyVolume"
 CURRENT_VOLUME_ROLE = "LabeledVolume"
@@ -154,9 +154,8 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUIFromParameterNode = False
-        self.process = None
+        self.run = None  #: the training or apply run in progress (CPCSAMLib.slicer.runs), or the last one
         self.timer = None
-        self._trainingOutput = None
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -191,6 +190,8 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.openJobFolderButton.connect("clicked(bool)", self.onOpenJobFolder)
+        self.ui.backboneComboBox.connect("currentIndexChanged(int)", lambda *args: self.updateDependencyStatus())
 
         self.ui.labeledPairsTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
         self.initializeParameterNode()
@@ -198,8 +199,10 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         """Called when the application closes and the module widget is destroyed."""
-        if self.process is not None and self.process.is_running():
-            self.process.cancel(timeout=10.0, block=True)
+        if self.run is not None and not self.run.done:
+            self.run.cancel()
+            if self.run.process is not None:
+                self.run.process.wait(timeout=15.0)  # the engine saves its checkpoint first
         if self.timer:
             self.timer.stop()
         self.removeObservers()
@@ -338,19 +341,9 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [listWidget.item(i).data(qt.Qt.UserRole) for i in range(listWidget.count)
                 if listWidget.item(i).checkState() == qt.Qt.Checked]
 
-    def _pairSegments(self):
-        try:
-            return json.loads(self._parameterNode.GetParameter("LabeledSegments") or "[]")
-        except ValueError:
-            return []
-
     def labeledPairs(self):
-        """``[(volume, segmentation, segment_ids)]`` stored in the parameter node."""
-        volumes = self._referencedNodes(PAIR_VOLUME_ROLE)
-        segmentations = self._referencedNodes(PAIR_SEGMENTATION_ROLE)
-        segments = self._pairSegments()
-        segments += [None] * (len(volumes) - len(segments))
-        return [(v, s, ids) for v, s, ids in zip(volumes, segmentations, segments)]
+        """The stored pairs (``CPCSAMLib.slicer.pairs.LabeledPair``); a deleted node reads as None."""
+        return cpcsamPairs.labeled_pairs(self._parameterNode)
 
     def onAddPair(self):
         volume = self.ui.labeledVolumeSelector.currentNode()
@@ -358,36 +351,24 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentIds = self._checkedSegmentIds()
         if volume is None or segmentation is None or not segmentIds:
             return
-        pairs = [p for p in self.labeledPairs() if p[0] is not volume or p[1] is not segmentation]
-        pairs.append((volume, segmentation, segmentIds))
-        self._storePairs(pairs)
+        cpcsamPairs.add_pair(self._parameterNode, volume, segmentation, segmentIds)
 
     def onRemovePair(self):
-        row = self.ui.labeledPairsTable.currentRow()
-        pairs = self.labeledPairs()
-        if 0 <= row < len(pairs):
-            del pairs[row]
-            self._storePairs(pairs)
-
-    def _storePairs(self, pairs):
-        wasModified = self._parameterNode.StartModify()
-        self._setReferencedNodes(PAIR_VOLUME_ROLE, [p[0] for p in pairs])
-        self._setReferencedNodes(PAIR_SEGMENTATION_ROLE, [p[1] for p in pairs])
-        self._parameterNode.SetParameter("LabeledSegments", json.dumps([p[2] for p in pairs]))
-        self._parameterNode.EndModify(wasModified)
+        cpcsamPairs.remove_pair(self._parameterNode, self.ui.labeledPairsTable.currentRow())
 
     def _updatePairsTable(self):
         table = self.ui.labeledPairsTable
         pairs = self.labeledPairs()
         table.setRowCount(len(pairs))
-        for row, (volume, segmentation, segmentIds) in enumerate(pairs):
+        for row, pair in enumerate(pairs):
             names = []
-            if segmentation is not None:
-                seg = segmentation.GetSegmentation()
-                ids = segmentIds or [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+            if pair.segmentation is not None:
+                seg = pair.segmentation.GetSegmentation()
+                ids = pair.segment_ids or [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
                 names = [seg.GetSegment(i).GetName() if seg.GetSegment(i) else f"({i} removed)" for i in ids]
-            table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName() if volume else "(removed)"))
-            table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName() if segmentation else "(removed)"))
+            table.setItem(row, 0, qt.QTableWidgetItem(pair.volume.GetName() if pair.volume else "(deleted: not used)"))
+            table.setItem(row, 1, qt.QTableWidgetItem(pair.segmentation.GetName() if pair.segmentation
+                                                      else "(deleted: not used)"))
             table.setItem(row, 2, qt.QTableWidgetItem(", ".join(names)))
 
     def onUnlabeledVolumesChanged(self):
@@ -401,134 +382,188 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtonStates(self, *args):
         if self._parameterNode is None:
             return
-        running = self.process is not None and not self.process.done
+        running = self.run is not None and not self.run.done
+        training = running and isinstance(self.run, cpcsamRuns.TrainRun)
+        applying = running and isinstance(self.run, cpcsamRuns.ApplyRun)
         self.ui.addPairButton.enabled = (not running and self.ui.labeledVolumeSelector.currentNode() is not None
                                          and self.ui.labeledSegmentationSelector.currentNode() is not None
                                          and bool(self._checkedSegmentIds()))
         self.ui.removePairButton.enabled = not running and self.ui.labeledPairsTable.currentRow() >= 0
-        hasPairs = len(self.labeledPairs()) > 0
-        self.ui.trainButton.enabled = running or hasPairs
-        self.ui.trainButton.text = "Cancel" if running else "Train"
-        self.ui.trainButton.toolTip = ("Stop training (a checkpoint is saved first)." if running else
+        hasPairs = bool(cpcsamPairs.complete_pairs(self.labeledPairs())[0])
+        problems = self.environmentProblems()
+        self.ui.trainButton.enabled = training or (not running and hasPairs and not problems)
+        self.ui.trainButton.text = "Cancel training" if training else "Train"
+        self.ui.trainButton.toolTip = ("Stop training (a checkpoint is saved first)." if training else
                                        "Export the data and train CPC-SAM in a background process.")
         modelPath = self._parameterNode.GetParameter("ModelPath")
-        self.ui.applyButton.enabled = (not running and bool(modelPath) and os.path.isfile(modelPath)
-                                       and bool(self._referencedNodes(APPLY_ROLE)))
-        if not running and not hasPairs:
+        self.ui.applyButton.enabled = applying or (not running and bool(modelPath) and os.path.isfile(modelPath)
+                                                   and bool(self._referencedNodes(APPLY_ROLE)))
+        self.ui.applyButton.text = "Cancel" if applying else "Apply"
+        self.ui.openJobFolderButton.enabled = bool(self.logic.lastOutputDirectory) and os.path.isdir(
+            self.logic.lastOutputDirectory or "")
+        if problems:
+            self.ui.statusLabel.text = " ".join(problems)
+        elif not running and not hasPairs:
             self.ui.statusLabel.text = "Add at least one labeled pair (a volume and its segmentation)."
 
     # ------------------------------------------------------------------ dependencies
+    def engineBackbone(self):
+        label = self._parameterNode.GetParameter("Backbone") if self._parameterNode else "LiteMedSAM"
+        return cpcsamProcess.BACKBONES.get(label, label)
+
+    def environmentProblems(self):
+        """Why this Slicer cannot train the chosen backbone (checked at start and on every change)."""
+        return cpcsamInstall.check_environment(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion),
+                                               backbone=self.engineBackbone())
+
     def updateDependencyStatus(self):
-        missing = cpcsamInstall.missing_packages()
-        if missing:
-            self.ui.dependenciesLabel.text = "Missing Python packages: " + ", ".join(missing)
-            self.ui.installDependenciesButton.visible = True
+        problems = self.environmentProblems()
+        missing = cpcsamInstall.missing_packages(backbone=self.engineBackbone())
+        if problems:
+            self.ui.dependenciesLabel.text = "<span style='color:#c00'>" + " ".join(problems) + "</span>"
+        elif missing:
+            self.ui.dependenciesLabel.text = "Missing or too old Python packages: " + ", ".join(missing)
         else:
             self.ui.dependenciesLabel.text = "Python packages: all installed."
-            self.ui.installDependenciesButton.visible = False
-        return not missing
+        self.ui.installDependenciesButton.visible = bool(missing)
+        return not missing and not problems
 
     def onInstallDependencies(self):
-        plan = cpcsamInstall.install_plan()
+        backbone = self.engineBackbone()
+        plan = cpcsamInstall.install_plan(backbone=backbone)
         if not plan:
             self.updateDependencyStatus()
-            return True
+            return not cpcsamInstall.missing_packages(backbone=backbone)
         if not slicer.util.confirmOkCancelDisplay(cpcsamInstall.describe_plan(plan), "CPC-SAM dependencies"):
             return False
+
+        def log(text):
+            self.appendLog(text)
+            self.ui.statusLabel.text = text
+            slicer.app.processEvents()  # show each step before pip blocks
+
         try:
             with slicer.util.WaitCursor():
                 cpcsamInstall.run_plan(plan, pip_install=slicer.util.pip_install,
-                                       install_torch=CPCSAMLogic.installTorchWithPyTorchExtension,
-                                       log=self.appendLog)
+                                       install_torch=CPCSAMLogic.installTorchWithPyTorchExtension, log=log)
         except RuntimeError as exc:
-            slicer.util.errorDisplay(str(exc))
+            slicer.util.errorDisplay("Installing the Python packages failed.", detailedText=str(exc))
             return False
         finally:
             self.updateDependencyStatus()
-        return not cpcsamInstall.missing_packages()
+        return not cpcsamInstall.missing_packages(backbone=backbone)
 
     # ------------------------------------------------------------------ training
     def trainingOptions(self):
-        p = self._parameterNode
-        options = {option: p.GetParameter(parameter) for parameter, option in TRAIN_OPTION_PARAMETERS.items()}
-        if not options["samCheckpoint"]:
-            options["samCheckpoint"] = None
+        """The engine's training options (TrainConfig names, JSON types) from the panel's widgets."""
+        options = {field: kind(getattr(self.ui, widget).value if kind is not bool else getattr(self.ui, widget).checked)
+                   for widget, field, kind in TRAIN_FIELDS}
+        options["backbone"] = self.engineBackbone()
+        options["device"] = cpcsamProcess.DEVICES.get(self.ui.deviceComboBox.currentText, "auto")
+        if options["backbone"] != "litemedsam":
+            options["sam_checkpoint"] = self.ui.samCheckpointPathLineEdit.currentPath or None
+        if self.ui.maxMinutesSpinBox.value > 0:
+            options["max_minutes"] = float(self.ui.maxMinutesSpinBox.value)
         return options
 
     def onTrainButton(self):
-        if self.process is not None and not self.process.done:
-            self.onCancel()
+        if isinstance(self.run, cpcsamRuns.TrainRun) and not self.run.done:
+            self.ui.statusLabel.text = "Cancelling: the engine saves a checkpoint, then stops..."
+            self.run.cancel(timeout=60.0)
             return
-        if cpcsamInstall.missing_packages() and not self.onInstallDependencies():
+        if self.run is not None and not self.run.done:
+            return  # another run (Apply) is going on: one at a time
+        problems = self.environmentProblems()
+        if problems:
+            slicer.util.errorDisplay(" ".join(problems))
             return
-        pairs = self.labeledPairs()
+        if cpcsamInstall.missing_packages(backbone=self.engineBackbone()) and not self.onInstallDependencies():
+            return
+        pairs, incomplete = cpcsamPairs.complete_pairs(self.labeledPairs())
+        if incomplete:
+            self.appendLog(f"{len(incomplete)} labeled pair(s) lost a deleted node and are not used.")
         validation = []
-        if self._parameterNode.GetParameter("Validation") == "true" and len(pairs) >= 2:
+        if self.ui.validationCheckBox.checked and len(pairs) >= 2:
             validation = [pairs[-1]]
             pairs = pairs[:-1]
-        unlabeled = self._referencedNodes(UNLABELED_ROLE)
+        unlabeled = [v for v in self._referencedNodes(UNLABELED_ROLE) if v is not None]
         outputDir = self._parameterNode.GetParameter("OutputDirectory") or None
         if outputDir:
             # one job folder per run inside the chosen folder, never mixed with an earlier run
             outputDir = os.path.join(outputDir, time.strftime("CPCSAM-%Y%m%d-%H%M%S"))
         self.ui.logTextEdit.clear()
         try:
-            with slicer.util.WaitCursor():
-                self.process = self.logic.startTraining(pairs, unlabeled, outputDir=outputDir,
-                                                        validation=validation, **self.trainingOptions())
+            self.startRun(self.logic.startTraining(pairs, unlabeled, outputDir=outputDir, validation=validation,
+                                                   **self.trainingOptions()))
         except InputError as exc:
             slicer.util.errorDisplay(f"Cannot train: {exc}")
             return
         except Exception as exc:  # noqa: BLE001 - anything else is shown, not swallowed
             logging.exception("CPC-SAM training did not start")
-            slicer.util.errorDisplay(f"Training did not start: {exc}")
+            slicer.util.errorDisplay("Training did not start.", detailedText=str(exc))
             return
-        self._trainingOutput = self.logic.lastOutputDirectory
-        self.ui.progressBar.setRange(0, int(self._parameterNode.GetParameter("Iterations") or 1))
-        self.ui.progressBar.value = 0
+        self.ui.progressBar.setRange(0, 0)  # busy until the export reports its size
         self.ui.lossLabel.text = "Loss: -"
         self.ui.diceLabel.text = "Validation Dice: -"
-        self.ui.statusLabel.text = f"Training started. Job folder: {self._trainingOutput}"
-        self.appendLog(" ".join(self.process.full_command))
+        self.ui.statusLabel.text = f"Exporting the data to {self.logic.lastOutputDirectory} ..."
+
+    # ------------------------------------------------------------------ runs (training, apply)
+    def startRun(self, run):
+        self.run = run
         self.timer.start()
         self.updateButtonStates()
 
-    def onCancel(self):
-        if self.process is None:
-            return
-        self.ui.statusLabel.text = "Cancelling: the engine saves a checkpoint, then stops..."
-        self.process.cancel(timeout=60.0, block=False)
-
     def onTimer(self):
-        if self.process is None:
+        run = self.run
+        if run is None:
             self.timer.stop()
             return
-        for item in self.process.poll():
+        for item in run.step():
             self.showProgress(item)
-        if self.process.done:
-            for item in self.process.poll():
-                self.showProgress(item)
+        if run.done:
             self.timer.stop()
-            self.onTrainingFinished()
+            self.onRunFinished(run)
+            self.updateButtonStates()
 
     def showProgress(self, item):
         kind = item.get("event")
         if kind == "log":
             self.appendLog(item.get("line", ""))
+        elif kind == "export":
+            self.ui.progressBar.setRange(0, int(item.get("total") or 1))
+            self.ui.progressBar.value = int(item.get("done") or 0)
+            self.ui.statusLabel.text = f"Exporting ({item.get('phase')}): {item.get('name')}"
+        elif kind == "apply":
+            self.ui.progressBar.setRange(0, int(item.get("total") or 1))
+            self.ui.progressBar.value = int(item.get("done") or 0)
+            verb = "Segmenting" if item.get("phase") == "segmenting" else "Loaded"
+            self.ui.statusLabel.text = f"{verb} {item.get('name')} ({item.get('done')}/{item.get('total')})"
+            if item.get("segmentation"):
+                self.appendLog(f"{item.get('name')}: result in '{item.get('segmentation')}'")
         elif kind == "started":
-            self.ui.progressBar.setRange(0, int(item.get("iterations") or 1))
+            self.ui.progressBar.setRange(0, 0)  # busy while the embeddings are computed
             self.ui.statusLabel.text = (f"Training on {item.get('device', '?')}: {item.get('num_labeled', '?')} labeled, "
                                         f"{item.get('num_unlabeled', '?')} unlabeled slices, classes "
-                                        f"{', '.join(item.get('classes') or [])}.")
+                                        f"{', '.join(item.get('classes') or [])}. Preparing...")
+        elif kind == "caching":
+            # embedding phase (frozen encoder): {"done", "total"} slices
+            self.ui.progressBar.setRange(0, int(item.get("total") or 1))
+            self.ui.progressBar.value = int(item.get("done") or 0)
+            self.ui.statusLabel.text = f"Computing image embeddings: {item.get('done')}/{item.get('total')} slices"
+        elif kind == "cached":
+            self.appendLog(f"Embeddings ready: {item.get('slices')} slices in {item.get('seconds')} s")
+        elif kind == "horizon":
+            self.appendLog(f"Time limit: the schedule is sized to {item.get('horizon')} iterations "
+                           f"({item.get('seconds_per_iteration')} s each)")
         elif kind == "iteration":
+            self.ui.progressBar.setRange(0, int(item.get("iterations") or 1))
             self.ui.progressBar.value = int(item.get("iteration", 0))
             parts = [f"{key} {item[key]:.4f}" for key in ("loss", "loss_s", "loss_cross", "loss_c")
                      if isinstance(item.get(key), (int, float))]
             self.ui.lossLabel.text = "Loss: " + ", ".join(parts)
-            seconds = item.get("seconds")
-            if isinstance(seconds, (int, float)):
-                self.ui.statusLabel.text = (f"Iteration {item.get('iteration')}/{item.get('iterations')} "
-                                            f"({seconds:.1f} s)")
+            eta = self.run.eta.text() if isinstance(self.run, cpcsamRuns.TrainRun) else ""
+            self.ui.statusLabel.text = (f"Iteration {item.get('iteration')}/{item.get('iterations')}"
+                                        + (f", {eta}" if eta else ""))
         elif kind == "validation":
             perClass = item.get("dice_per_class") or {}
             details = ", ".join(f"{name} {value:.3f}" for name, value in perClass.items()
@@ -544,45 +579,76 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif kind == "error":
             self.appendLog(f"Error ({item.get('type')}): {item.get('message')}")
 
-    def onTrainingFinished(self):
-        process = self.process
-        modelPath = os.path.join(self._trainingOutput or "", "model", "model_best.pt")
-        if process.succeeded:
-            self.ui.statusLabel.text = f"Training finished. Model: {modelPath}"
+    def onRunFinished(self, run):
+        """Report the end of a run. Works when the scene was closed meanwhile (no parameter node)."""
+        self.ui.progressBar.setRange(0, 1)
+        self.ui.progressBar.value = 1 if run.succeeded else 0
+        if isinstance(run, cpcsamRuns.TrainRun):
+            modelPath = str(run.model_path)
             if os.path.isfile(modelPath):
-                self._parameterNode.SetParameter("ModelPath", modelPath)
-        elif process.cancelled:
-            lastPath = os.path.join(self._trainingOutput or "", "model", "model_last.pt")
-            self.ui.statusLabel.text = "Training cancelled." + (f" Last checkpoint: {lastPath}" if os.path.isfile(lastPath) else "")
-            if os.path.isfile(modelPath):
-                self._parameterNode.SetParameter("ModelPath", modelPath)
+                self.setModelPath(modelPath)  # before anything that can fail
+            if run.succeeded:
+                self.ui.statusLabel.text = f"Training finished. Model: {modelPath}"
+            elif run.cancelled:
+                last = str(run.last_checkpoint)
+                self.ui.statusLabel.text = ("Training cancelled." + (f" Best model: {modelPath}." if os.path.isfile(modelPath) else "")
+                                            + (f" Last checkpoint: {last}" if os.path.isfile(last) else ""))
+            else:
+                self.ui.statusLabel.text = "Training failed."
+                slicer.util.errorDisplay("CPC-SAM training failed.", detailedText=str(run.error))
         else:
-            self.ui.statusLabel.text = f"Training failed (exit code {process.returncode})."
-            slicer.util.errorDisplay(f"CPC-SAM training failed:\n{process.error_message}")
-        self.updateButtonStates()
+            if run.results:
+                self.ui.show3DButton.setSegmentationNode(run.results[-1])
+            names = ", ".join(r.GetName() for r in run.results)
+            if run.succeeded:
+                self.ui.statusLabel.text = f"Segmented: {names}"
+            elif run.cancelled:
+                self.ui.statusLabel.text = "Segmentation cancelled." + (f" Done: {names}" if names else "")
+            else:
+                self.ui.statusLabel.text = "Segmentation failed."
+                slicer.util.errorDisplay("CPC-SAM segmentation failed.", detailedText=str(run.error))
+
+    def setModelPath(self, modelPath):
+        """The trained model becomes the panel's model and the newest entry of the path history,
+        where the Segment Editor effect finds it."""
+        self.logic.latestModelPath = modelPath
+        self.ui.modelPathLineEdit.currentPath = modelPath
+        self.ui.modelPathLineEdit.addCurrentPathToHistory()
+        if self._parameterNode is not None:
+            self._parameterNode.SetParameter("ModelPath", modelPath)
+        self.appendLog(f"Model: {modelPath}")
+
+    def onOpenJobFolder(self):
+        folder = self.logic.lastOutputDirectory
+        if folder and os.path.isdir(folder):
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
 
     def appendLog(self, text):
         self.ui.logTextEdit.appendPlainText(str(text))
 
     # ------------------------------------------------------------------ apply
     def onApplyButton(self):
+        if isinstance(self.run, cpcsamRuns.ApplyRun) and not self.run.done:
+            self.ui.statusLabel.text = "Cancelling the segmentation..."
+            self.run.cancel()
+            return
+        if self.run is not None and not self.run.done:
+            return  # training is going on: one run at a time
         modelPath = self._parameterNode.GetParameter("ModelPath")
         device = cpcsamProcess.DEVICES.get(self._parameterNode.GetParameter("Device"), "auto")
         volumes = [v for v in self._referencedNodes(APPLY_ROLE) if v is not None]
-        results = []
-        try:
-            with slicer.util.WaitCursor():
-                for volume in volumes:
-                    self.ui.statusLabel.text = f"Segmenting {volume.GetName()}..."
-                    slicer.app.processEvents()
-                    results.append(self.logic.apply(modelPath, volume, device=device))
-        except Exception as exc:  # noqa: BLE001
-            logging.exception("CPC-SAM apply failed")
-            slicer.util.errorDisplay(f"Segmentation failed: {exc}")
+        output = self.ui.outputSegmentationSelector.currentNode()
+        if output is not None and len(volumes) > 1:
+            slicer.util.errorDisplay("An output segmentation can be chosen for one volume only; with several "
+                                     "volumes, each gets its own (reused on a rerun).")
             return
-        self.ui.statusLabel.text = "Created " + ", ".join(r.GetName() for r in results)
-        if results:
-            results[-1].CreateClosedSurfaceRepresentation()
+        try:
+            run = self.logic.startApply(modelPath, volumes, device=device,
+                                        outputs={volumes[0].GetID(): output} if output is not None else None)
+        except InputError as exc:
+            slicer.util.errorDisplay(f"Cannot segment: {exc}")
+            return
+        self.startRun(run)
 
 
 #
@@ -590,7 +656,7 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 class CPCSAMLogic(ScriptedLoadableModuleLogic):
-    """Export, train, apply. Delegates to the Qt-free ``CPCSAMLib`` (tested with pytest).
+    """Export, train, apply. Delegates to the Qt-free ``CPCSAMLib.slicer`` (tested with pytest).
 
     ``scene`` and ``segmentationsLogic`` default to Slicer's (``slicer.mrmlScene``,
     ``slicer.modules.segmentations.logic()``); they can be given for use outside the GUI.
@@ -601,8 +667,9 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
         self._scene = scene
         self._segmentationsLogic = segmentationsLogic
         self.pythonExecutable = pythonExecutable
-        self.process = None
+        self.run = None
         self.lastOutputDirectory = None
+        self.latestModelPath = None  #: kept by the logic, so closing the scene does not lose it
 
     # -------------------------------------------------------------- context
     @property
@@ -618,6 +685,8 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
     def setDefaultParameters(self, parameterNode):
         for name, value in DEFAULT_PARAMETERS.items():
             if not parameterNode.GetParameter(name):
+                if name == "ModelPath" and self.latestModelPath:
+                    value = self.latestModelPath  # a model trained before the scene was closed
                 if isinstance(value, bool):
                     value = "true" if value else "false"
                 parameterNode.SetParameter(name, str(value))
@@ -644,81 +713,69 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
         return os.path.join(base, "CPCSAM", time.strftime("%Y%m%d-%H%M%S"))
 
     @staticmethod
-    def installTorchWithPyTorchExtension():
-        """Install torch with the PyTorch extension (matching GPU/CUDA build); returns torch or None."""
+    def installTorchWithPyTorchExtension(torchVersionRequirement=cpcsamInstall.TORCH_VERSION_REQUIREMENT):
+        """Install torch with the PyTorch extension (build matching the GPU/CUDA); returns torch or None."""
         import PyTorchUtils
 
-        return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                             torchVersionRequirement=torchVersionRequirement)
 
     # -------------------------------------------------------------- training
-    def exportJob(self, labeled, unlabeled=(), outputDir=None, validation=None, config=None):
-        """Write the job folder (images, labels, manifest.json, job.json); returns the manifest path."""
-        outputDir = outputDir or self.defaultOutputDirectory()
+    def startTraining(self, labeled, unlabeled=(), outputDir=None, validation=None, **options):
+        """A :class:`CPCSAMLib.slicer.runs.TrainRun` (export, then the engine in the background).
+
+        ``options``: the engine's training options by their ``TrainConfig`` names, with JSON
+        types (``iterations=300, batch_size=4, freeze_encoder=True, max_minutes=30.0, ...``);
+        checked before anything is exported. Step the run (``run.step()``) until ``run.done``.
+        """
+        outputDir = str(outputDir or self.defaultOutputDirectory())
         labeled = [tuple(p) if len(p) == 3 else (p[0], p[1], None) for p in labeled]
         validation = [tuple(p) if len(p) == 3 else (p[0], p[1], None) for p in (validation or [])]
-        return cpcsamMrml.export_job(self.scene, self.segmentationsLogic, labeled, list(unlabeled or []),
-                                     outputDir, config or {}, validation=validation)
-
-    def startTraining(self, labeled, unlabeled=(), outputDir=None, validation=None, **options):
-        """Export the job and start the engine in the background; returns the EngineProcess.
-
-        ``options``: training options (``iterations``, ``batchSize``, ``learningRate``,
-        ``lambdaCross``/``lambda1``, ``lambdaConsistency``/``lambda2``, ``loraRank``,
-        ``backbone``, ``samCheckpoint``, ``device``, ``valEvery``, ...).
-        """
-        engineOptions = cpcsamProcess.train_options(**options)  # validated before anything is written
-        outputDir = Path(outputDir or self.defaultOutputDirectory())
-        manifest = self.exportJob(labeled, unlabeled, outputDir, validation, config=dict(engineOptions))
-        modelDir = outputDir / "model"
-        events = modelDir / "events.jsonl"
-        args = cpcsamProcess.train_arguments(manifest, modelDir, events, engineOptions)
-        self.process = cpcsamProcess.EngineProcess(args, events_path=events, python_executable=self.enginePython(),
-                                                   env=self.engineEnvironment(), cwd=str(outputDir))
-        self.lastOutputDirectory = str(outputDir)
-        self.process.start()
-        return self.process
+        self.run = cpcsamRuns.TrainRun(self.scene, self.segmentationsLogic, labeled, list(unlabeled or []),
+                                       outputDir, options, validation=validation,
+                                       python_executable=self.enginePython(), env=self.engineEnvironment())
+        self.lastOutputDirectory = outputDir
+        return self.run
 
     def train(self, labeled, unlabeled=(), outputDir=None, waitForCompletion=True, validation=None,
               progressCallback=None, **options):
         """Console API: train and return the path of ``model_best.pt``.
 
         ``labeled``: ``[(volumeNode, segmentationNode[, segmentIds]), ...]``; ``unlabeled``:
-        volume nodes. With ``waitForCompletion=False`` the running EngineProcess is returned
-        (poll it, or ``cancel()`` it). Raises ``RuntimeError`` with the engine's message on failure.
+        volume nodes; ``options``: TrainConfig names (see :meth:`startTraining`). With
+        ``waitForCompletion=False`` the run is returned (step it, or ``cancel()`` it). Raises
+        ``RuntimeError`` with the engine's message on failure.
         """
-        process = self.startTraining(labeled, unlabeled, outputDir, validation, **options)
+        run = self.startTraining(labeled, unlabeled, outputDir, validation, **options)
         if not waitForCompletion:
-            return process
+            return run
 
         def onItem(item):
             if progressCallback is not None:
                 progressCallback(item)
-            elif item.get("event") == "iteration":
-                logging.info(f"CPC-SAM iteration {item.get('iteration')}/{item.get('iterations')} "
-                             f"loss {item.get('loss')}")
             elif item.get("event") in ("started", "validation", "finished", "error"):
                 logging.info(f"CPC-SAM {item}")
 
-        code = process.run(on_item=onItem, interval=0.2, on_poll=self._processEvents)
-        if code != 0:
-            raise RuntimeError(f"CPC-SAM training failed (exit code {code}): {process.error_message}")
-        return str(Path(self.lastOutputDirectory) / "model" / "model_best.pt")
+        cpcsamRuns.run_to_end(run, on_item=onItem, interval=0.2, on_poll=self._processEvents)
+        if not run.succeeded:
+            raise RuntimeError(f"CPC-SAM training {'was cancelled' if run.cancelled else 'failed'}: {run.error}")
+        self.latestModelPath = str(run.model_path)
+        return str(run.model_path)
 
     @staticmethod
     def _processEvents():
-        """Keep Slicer's GUI alive while waiting for the engine (no-op outside the application)."""
+        """Keep Slicer's GUI alive while the console API waits (no-op outside the application)."""
         app = getattr(slicer, "app", None)
         if app is not None:
             app.processEvents()
 
     def cancel(self):
-        if self.process is not None:
-            return self.process.cancel()
-        return None
+        if self.run is not None and not self.run.done:
+            self.run.cancel()
 
     # -------------------------------------------------------------- inference
     def modelClasses(self, modelPath):
-        """``[{"name", "value"[, "color"]}]`` of a model (job.json/config.json, else its model card)."""
+        """``[{"name", "value"[, "color", "terminology"]}]`` of a model (job.json next to it, else its card)."""
         try:
             return cpcsamMrml.model_classes(modelPath)
         except InputError:
@@ -727,32 +784,38 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
             card = load_checkpoint(modelPath)["model_card"]
             return [{"name": c["name"], "value": int(c["value"])} for c in card["classes"]]
 
-    def apply(self, modelPath, volumeNode, segmentationNode=None, device="auto", overwrite=False, name=None):
-        """Console API: segment ``volumeNode`` with a trained model; returns the segmentation node.
+    def startApply(self, modelPath, volumes, device="auto", outputs=None):
+        """A :class:`CPCSAMLib.slicer.runs.ApplyRun`: each volume segmented in a background process.
 
-        The volume is written to a temporary NRRD file and segmented by ``python -m CPCSAMLib
-        predict`` in a separate process; the result becomes a new segmentation node (one named,
-        colored segment per class) unless ``segmentationNode`` is given (which must be empty,
-        or ``overwrite=True``).
+        ``outputs``: ``{volume ID: segmentation node}`` for chosen outputs; otherwise the result
+        of the volume's previous run is reused, else a new segmentation is made.
         """
         if not modelPath or not os.path.isfile(str(modelPath)):
             raise InputError(f"Model file {modelPath!r} does not exist.")
+        self.run = cpcsamRuns.ApplyRun(self.scene, self.segmentationsLogic, modelPath, list(volumes),
+                                       self.modelClasses(modelPath), device=cpcsamProcess.DEVICES.get(device, device),
+                                       outputs=outputs, python_executable=self.enginePython(),
+                                       env=self.engineEnvironment())
+        return self.run
+
+    def apply(self, modelPath, volumeNode, segmentationNode=None, device="auto", overwrite=False, name=None):
+        """Console API: segment ``volumeNode`` with a trained model; returns the segmentation node.
+
+        Runs ``python -m CPCSAMLib predict`` in a background process. The result goes into
+        ``segmentationNode`` (which must be empty, or ``overwrite=True``), else into the
+        volume's previous CPC-SAM result (reused), else a new node (named ``name``).
+        """
         cpcsamMrml.validate_volume(volumeNode, "volume to segment")
         cpcsamMrml.check_target_segmentation(segmentationNode, overwrite)  # before any computation
-        classes = self.modelClasses(modelPath)
-        with tempfile.TemporaryDirectory(prefix="CPCSAM-apply-") as tmp:
-            inputPath = cpcsamMrml.export_volume(volumeNode, Path(tmp) / "input.nrrd")
-            outputPath = Path(tmp) / "label.nrrd"
-            args = cpcsamProcess.predict_arguments(modelPath, [inputPath], outputPath,
-                                                   {"device": cpcsamProcess.DEVICES.get(device, device)})
-            process = cpcsamProcess.EngineProcess(args, python_executable=self.enginePython(),
-                                                  env=self.engineEnvironment(), cwd=tmp)
-
-            code = process.run(interval=0.1, on_poll=self._processEvents)
-            if code != 0:
-                raise RuntimeError(f"CPC-SAM prediction failed (exit code {code}): {process.error_message}")
-            return cpcsamMrml.load_result(self.scene, self.segmentationsLogic, outputPath, volumeNode, classes,
-                                          segmentation_node=segmentationNode, overwrite=overwrite, name=name)
+        if segmentationNode is None and name and cpcsamMrml.previous_result(volumeNode) is None:
+            segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            segmentationNode.CreateDefaultDisplayNodes()
+        outputs = {volumeNode.GetID(): segmentationNode} if segmentationNode is not None else None
+        run = self.startApply(modelPath, [volumeNode], device=device, outputs=outputs)
+        cpcsamRuns.run_to_end(run, interval=0.1, on_poll=self._processEvents)
+        if not run.succeeded:
+            raise RuntimeError(f"CPC-SAM prediction failed: {run.error}")
+        return run.results[0]
 
 
 #
@@ -797,14 +860,19 @@ class CPCSAMTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.RemoveNode(labelmap)
 
         logic = CPCSAMLogic()
-        missing = cpcsamInstall.missing_packages()
+        problems = cpcsamInstall.check_environment(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion),
+                                                   backbone="litemedsam")
+        if problems:
+            self.delayDisplay(f"Skipping training: {' '.join(problems)}")
+            return
+        missing = cpcsamInstall.missing_packages(backbone="litemedsam")
         if missing:
             self.delayDisplay(f"Skipping training: missing Python packages {missing}")
             return
         outputDir = os.path.join(slicer.app.temporaryPath, "CPCSAMSelfTest", time.strftime("%Y%m%d-%H%M%S"))
         self.delayDisplay("Training 2 iterations (CPU)")
         modelPath = logic.train([(volume, segmentation)], [unlabeled], outputDir=outputDir, iterations=2,
-                                batchSize=2, valEvery=2, device="CPU")
+                                batch_size=2, val_every=2, device="cpu")
         self.assertTrue(os.path.isfile(modelPath))
         self.assertTrue(os.path.isfile(os.path.join(outputDir, "manifest.json")))
 

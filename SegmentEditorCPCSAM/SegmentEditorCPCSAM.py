@@ -13,7 +13,7 @@ class SegmentEditorCPCSAM(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "SegmentEditorCPCSAM"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = ["Segmentations"]
+        self.parent.dependencies = ["Segmentations", "CPCSAM"]  # CPCSAM makes CPCSAMLib importable
         self.parent.contributors = ["CPC-SAM for 3D Slicer contributors"]
         self.parent.hidden = True
         self.parent.helpText = """

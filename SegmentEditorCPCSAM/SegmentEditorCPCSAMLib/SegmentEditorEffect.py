@@ -5,17 +5,18 @@ Shift + left click: a background point (label 0). The points of the current slic
 new slice, segment or class starts over). The slice is cut from the source volume along the IJK
 axis closest to the view's normal (the IJK slice closest to the view), segmented by
 ``Predictor.predict_slice_with_points`` of a model trained by the CPC-SAM module, and written
-into the selected segment for that slice only (undoable). With "propagate", the neighbouring
-slices are segmented in turn from the centre point of the previous slice's result until a
-prediction is empty or N slices are done in each direction.
+into the selected segment for that slice only (undoable; the rest of the segment, earlier
+results and manual painting, is kept). With "propagate", the neighbouring slices are segmented
+in turn from the centre point of the previous slice's result until a prediction is empty or N
+slices are done in each direction; this runs one slice per timer tick, so the GUI stays
+responsive, shows the progress and can stop it.
 
-The geometry and the propagation loop are Qt-free and tested outside Slicer:
-``CPCSAMLib/effect_logic.py``.
+The geometry, the propagation and the labelmap write are Qt-free and tested outside Slicer with
+slicer-core: ``CPCSAMLib/slicer/effect_logic.py``.
 """
 
 import logging
 import os
-import sys
 
 import numpy as np
 import qt
@@ -24,20 +25,11 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 
-def _ensureEngineImportable():
-    here = os.path.dirname(os.path.abspath(__file__))
-    # installed extension: next to the scripted modules; source tree: the repository's top level
-    for candidate in (os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
-        if os.path.isfile(os.path.join(candidate, "CPCSAMLib", "__init__.py")):
-            if candidate not in sys.path:
-                sys.path.insert(0, candidate)
-            return
-
-
-_ensureEngineImportable()
-
-from CPCSAMLib import effect_logic  # noqa: E402
-from CPCSAMLib import mrml as cpcsamMrml  # noqa: E402
+# CPCSAMLib is importable here: installed, it sits in the scripted-modules folder, which Slicer puts
+# on sys.path for every scripted module; from the source tree, the CPCSAM module (a dependency of
+# SegmentEditorCPCSAM, so loaded first) puts the repository's top level on sys.path.
+from CPCSAMLib.slicer import effect_logic  # noqa: E402
+from CPCSAMLib.slicer import mrml as cpcsamMrml  # noqa: E402
 
 __all__ = ["SegmentEditorEffect"]
 
@@ -62,6 +54,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._classes = []
         self._classesModel = None
         self._lastSegmentName = None
+        self._propagation = None  # running propagation: dict(steps, masks, write, total)
+        self._propagationTimer = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -81,8 +75,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return """<html>Segment with a model trained by the CPC-SAM module, from point clicks.<br>
 <b>Left click</b> on a slice view: foreground point of the chosen class for the selected segment.
 <b>Shift + left click</b>: background point. Points on the same slice accumulate; the result of
-that slice replaces the segment on the slice (Undo restores it). With <i>Propagate</i>, the
-neighbouring slices are segmented too, each from the centre of the previous slice's result.</html>"""
+that slice replaces the segment on that slice only (Undo restores it; other slices are kept).
+With <i>Propagate</i>, the neighbouring slices are segmented too, each from the centre of the
+previous slice's result (<i>Stop</i> ends it). The model defaults to the one trained last by the
+CPC-SAM module.</html>"""
 
     # ------------------------------------------------------------------ options
     def setupOptionsFrame(self):
@@ -120,10 +116,22 @@ neighbouring slices are segmented too, each from the centre of the previous slic
 
         self.resetPointsButton = qt.QPushButton("Clear points")
         self.resetPointsButton.toolTip = "Forget the points of the current slice (the segment is not changed)."
+        self.stopButton = qt.QPushButton("Stop")
+        self.stopButton.toolTip = "Stop the propagation (the slices done so far are kept)."
+        self.stopButton.enabled = False
+        buttonsLayout = qt.QHBoxLayout()
+        buttonsLayout.addWidget(self.resetPointsButton)
+        buttonsLayout.addWidget(self.stopButton)
+        self.scriptedEffect.addOptionsWidget(buttonsLayout)
+        self.progressBar = qt.QProgressBar()
+        self.progressBar.visible = False
+        self.scriptedEffect.addOptionsWidget(self.progressBar)
         self.statusLabel = qt.QLabel("")
         self.statusLabel.wordWrap = True
-        self.scriptedEffect.addOptionsWidget(self.resetPointsButton)
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        self._propagationTimer = qt.QTimer()
+        self._propagationTimer.setInterval(0)
+        self._propagationTimer.connect("timeout()", self._propagateOneSlice)
 
         self.modelPathEdit.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
         self.classComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
@@ -131,6 +139,7 @@ neighbouring slices are segmented too, each from the centre of the previous slic
         self.propagateCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
         self.slicesSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
         self.resetPointsButton.connect("clicked()", self.session.reset)
+        self.stopButton.connect("clicked()", self._finishPropagation)
 
     def setMRMLDefaults(self):
         self.scriptedEffect.setParameterDefault(PARAMETER_MODEL, "")
@@ -139,7 +148,19 @@ neighbouring slices are segmented too, each from the centre of the previous slic
         self.scriptedEffect.setParameterDefault(PARAMETER_SLICES, 10)
         self.scriptedEffect.setParameterDefault(PARAMETER_DEVICE, "auto")
 
+    def activate(self):
+        # the model trained last by the CPC-SAM module (it adds each model to this path history)
+        self.modelPathEdit.retrieveHistory()
+        history = qt.QSettings().value("ctkPathLineEdit/CPCSAM/Model") or []
+        if isinstance(history, str):  # a one-entry list reads back as a string
+            history = [history]
+        current = self.scriptedEffect.parameter(PARAMETER_MODEL)
+        chosen = effect_logic.pick_model(current, list(history))
+        if chosen and chosen != current:
+            self.scriptedEffect.setParameter(PARAMETER_MODEL, chosen)
+
     def deactivate(self):
+        self._finishPropagation()
         self.session.reset()
 
     def _loadClasses(self, modelPath):
@@ -219,6 +240,9 @@ neighbouring slices are segmented too, each from the centre of the previous slic
             return False
         if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
             return False  # leave Ctrl/Alt clicks to Slicer
+        if self._propagation is not None:
+            self.statusLabel.text = "Propagation is running: wait for it or press Stop."
+            return True
         foreground = not callerInteractor.GetShiftKey()
         xy = callerInteractor.GetEventPosition()
         try:
@@ -230,9 +254,7 @@ neighbouring slices are segmented too, each from the centre of the previous slic
         return True
 
     def _sourceImage(self):
-        if hasattr(self.scriptedEffect, "sourceVolumeImageData"):
-            return self.scriptedEffect.sourceVolumeImageData()
-        return self.scriptedEffect.masterVolumeImageData()  # Slicer < 5.2
+        return self.scriptedEffect.sourceVolumeImageData()  # Slicer >= 5.2 (5.8 is the oldest supported)
 
     def _predictorFor(self, modelPath, device):
         key = (modelPath, device, os.path.getmtime(modelPath))
@@ -297,15 +319,10 @@ neighbouring slices are segmented too, each from the centre of the previous slic
         normal = self._matrixToArray(sliceNode.GetSliceToRAS())[:3, 2]
         ras, normal = self._worldToSegmentation(segmentationNode, ras, normal)
 
-        axis = effect_logic.closest_ijk_axis(ijkToRas, normal)
-        ijk = effect_logic.ras_to_ijk(ijkToRas, ras) - np.array(origin, dtype=float)
-        index = int(np.floor(ijk[axis] + 0.5))
-        if not 0 <= index < volume.shape[2 - axis]:
+        located = effect_logic.locate_click(ijkToRas, ras, normal, volume.shape, origin)
+        if located is None:
             raise ValueError("the click is outside the source volume")
-        x, y = effect_logic.ijk_to_xy(ijk, axis)
-        rows, cols = effect_logic.slice_shape(volume.shape, axis)
-        if not (0 <= x < cols and 0 <= y < rows):
-            raise ValueError("the click is outside the source volume")
+        axis, index, (x, y) = located
 
         key = (segmentationNode.GetID(), segmentId, axis, index, classIndex, modelPath)
         points = self.session.add(key, x, y, classIndex, foreground)
@@ -313,52 +330,74 @@ neighbouring slices are segmented too, each from the centre of the previous slic
             self.statusLabel.text = "Background point kept; click inside the structure to add a foreground point."
             return
 
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():
+            return  # the user did not confirm editing a hidden segment
+
         predictor = self._predictorFor(modelPath, self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
-        slices = self.scriptedEffect.integerParameter(PARAMETER_SLICES) \
-            if self.scriptedEffect.integerParameter(PARAMETER_PROPAGATE) else 0
-        masks = effect_logic.segment_with_points(predictor.predict_slice_with_points, volume, axis, index,
-                                                 points, classIndex, propagate_slices=slices)
-        labelmap, (first, last) = effect_logic.labelmap_from_slices(volume.shape, axis, masks)
-        modificationExtent = effect_logic.slice_extent(volume.shape, axis, first, last, origin)
-
-        self.scriptedEffect.saveStateForUndo()
-        self._modifySelectedSegment(labelmap, source, modificationExtent, segmentationNode, segmentId, axis,
-                                    sorted(masks))
-        filled = sum(int(m.any()) for m in masks.values())
-        self.statusLabel.text = (f"{len(points)} point(s) on slice {index}; {filled} slice(s) segmented"
-                                 + (f" ({first}..{last})" if last != first else "") + ".")
-
-    def _modifySelectedSegment(self, labelmap, source, modificationExtent, segmentationNode, segmentId, axis,
-                               indices):
-        """Replace the segment on the modified slices only (the rest of the segment is kept)."""
-        from vtk.util import numpy_support
-
-        modifier = slicer.vtkOrientedImageData()
-        modifier.SetExtent(source.GetExtent())
+        mask = effect_logic.predict_mask(predictor.predict_slice_with_points,
+                                         effect_logic.extract_slice(volume, axis, index), points, classIndex)
         imageToWorld = vtk.vtkMatrix4x4()
         source.GetImageToWorldMatrix(imageToWorld)
-        modifier.SetImageToWorldMatrix(imageToWorld)
-        modifier.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars())[:] = labelmap.ravel()
-        modifier.Modified()
-        setMode = slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
-        try:
-            self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, setMode, list(modificationExtent))
+        abstractEffect = slicer.qSlicerSegmentEditorAbstractEffect
+
+        def write(masks):
+            # replaces the segment on these slices only; the rest of the segment is kept
+            effect_logic.write_slices_to_segment(
+                lambda modifier, mode, extent: self.scriptedEffect.modifySelectedSegmentByLabelmap(
+                    modifier, mode, list(extent)),
+                abstractEffect.ModificationModeRemove, abstractEffect.ModificationModeAdd,
+                volume.shape, axis, masks, origin, imageToWorld)
+
+        self.scriptedEffect.saveStateForUndo()
+        write({index: mask})
+        self.statusLabel.text = (f"{len(points)} point(s) on slice {index}: "
+                                 + ("segmented." if mask.any() else "nothing found."))
+        slices = self.scriptedEffect.integerParameter(PARAMETER_SLICES) \
+            if self.scriptedEffect.integerParameter(PARAMETER_PROPAGATE) else 0
+        if slices > 0 and mask.any():
+            steps = effect_logic.propagation_steps(predictor.predict_slice_with_points, volume, axis, index,
+                                                   mask, classIndex, slices)
+            self._propagation = {"steps": steps, "masks": {}, "write": write, "total": 2 * slices,
+                                 "tried": 0, "index": index}
+            self.progressBar.setRange(0, 2 * slices)
+            self.progressBar.value = 0
+            self.progressBar.visible = True
+            self.stopButton.enabled = True
+            self._propagationTimer.start()
+
+    def _propagateOneSlice(self):
+        """One model call per timer tick: the GUI stays responsive during a long propagation."""
+        state = self._propagation
+        if state is None:
+            self._propagationTimer.stop()
             return
-        except (TypeError, ValueError):
-            pass
-        # Slicer without the extent overload: keep the segment elsewhere by merging it in.
-        current = slicer.vtkOrientedImageData()
-        slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentationNode, segmentId, current, False)
-        resampled = slicer.vtkOrientedImageData()
-        if current.GetPointData() is not None and current.GetPointData().GetScalars() is not None:
-            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                current, modifier, resampled, False, True)
-            existing = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(labelmap.shape)
-            merged = (existing > 0).astype(np.uint8)
-            for index in indices:
-                effect_logic.write_slice(merged, axis, index, effect_logic.extract_slice(labelmap, axis, index) > 0)
-            numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars())[:] = merged.ravel()
-            modifier.Modified()
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, setMode)
+        try:
+            index, mask = next(state["steps"])
+        except StopIteration:
+            self._finishPropagation()
+            return
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            logging.exception("CPC-SAM propagation failed")
+            self._finishPropagation()
+            slicer.util.errorDisplay(f"CPC-SAM propagation: {exc}")
+            return
+        state["masks"][index] = mask
+        state["tried"] += 1
+        self.progressBar.value = min(state["tried"], state["total"])
+        self.statusLabel.text = f"Propagating from slice {state['index']}: slice {index} ({len(state['masks'])} done)..."
+
+    def _finishPropagation(self):
+        """Write the propagated slices (one undoable step) and end the propagation."""
+        if self._propagationTimer is not None:
+            self._propagationTimer.stop()
+        state, self._propagation = self._propagation, None
+        if hasattr(self, "stopButton"):
+            self.stopButton.enabled = False
+            self.progressBar.visible = False
+        if state is None or not state["masks"]:
+            return
+        masks = state["masks"]
+        self.scriptedEffect.saveStateForUndo()
+        state["write"](masks)
+        self.statusLabel.text = (f"Slice {state['index']} and {len(masks)} propagated slice(s) "
+                                 f"({min(masks)}..{max(masks)}) segmented.")

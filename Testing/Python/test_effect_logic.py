@@ -8,14 +8,16 @@ conventions are tested on real anatomy without torch.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
 from CPCSAMLib import InputError, io
-from CPCSAMLib import effect_logic as el
-from CPCSAMLib.mrml import ijk_to_ras_from_sitk
+from CPCSAMLib.slicer import effect_logic as el
+from CPCSAMLib.slicer.mrml import ijk_to_ras_from_sitk
 from CPCSAMLib.prompts import center_point, largest_component
 
 
@@ -102,10 +104,17 @@ def test_view_axis_and_slice_index_from_real_geometry(breast):
     assert el.axis_alignment(ijk_to_ras, oblique) == pytest.approx(20.0)
     # the RAS centre of voxel (10, 50, 9) lies on K slice 9; a point 0.4 voxel off still does
     centre = (ijk_to_ras @ np.array([10, 50, 9, 1.0]))[:3]
-    assert el.slice_index(ijk_to_ras, centre, 2, volume.shape) == 9
-    assert el.slice_index(ijk_to_ras, centre + [0, 0, 0.4 * 2.1], 2, volume.shape) == 9
-    assert el.slice_index(ijk_to_ras, centre + [0, 0, 0.6 * 2.1], 2, volume.shape) == 10
-    assert el.slice_index(ijk_to_ras, centre + [0, 0, 100.0], 2, volume.shape) is None
+    spacing_k = image.GetSpacing()[2]
+    axial = [0, 0, 1]
+    assert el.locate_click(ijk_to_ras, centre, axial, volume.shape) == (2, 9, (10, 50))
+    assert el.locate_click(ijk_to_ras, centre + [0, 0, 0.4 * spacing_k], axial, volume.shape) == (2, 9, (10, 50))
+    assert el.locate_click(ijk_to_ras, centre + [0, 0, 0.6 * spacing_k], axial, volume.shape)[:2] == (2, 10)
+    assert el.locate_click(ijk_to_ras, centre + [0, 0, 100.0], axial, volume.shape) is None
+    # a sagittal view: the I slice 10, pixel (j, k)
+    assert el.locate_click(ijk_to_ras, centre, [1, 0, 0], volume.shape) == (0, 10, (50, 9))
+    # an image whose extent starts at (2, 0, 4): indices relative to it
+    assert el.locate_click(ijk_to_ras, centre, axial, volume.shape, origin=(2, 0, 4)) == (2, 5, (8, 50))
+    assert el.locate_click(ijk_to_ras, centre, axial, volume.shape, origin=(11, 0, 0)) is None
     np.testing.assert_allclose(el.ras_to_ijk(ijk_to_ras, centre), [10, 50, 9], atol=1e-9)
 
 
@@ -148,9 +157,10 @@ def test_click_then_propagate_on_the_real_tumour(breast):
     assert prompted[8] == [(*center_point(largest_component(masks[9])), 1)]
     # slices 7 and 11 were tried (empty there) and nothing beyond
     assert sorted(prompted) == [7, 8, 9, 10, 11]
-    labelmap, (first, last) = el.labelmap_from_slices(volume.shape, 2, masks)
-    assert (first, last) == (8, 10)
-    assert labelmap.sum() == sum(m.sum() for m in masks.values())
+    modifier, first, last = el.modifier_for_slices(volume.shape, 2, masks)
+    assert (first, last) == (8, 10) and modifier.shape == (3,) + volume.shape[1:]
+    assert modifier.sum() == sum(m.sum() for m in masks.values())
+    np.testing.assert_array_equal(modifier[1], masks[9])
 
 
 def test_propagation_limits(breast):
@@ -204,3 +214,146 @@ def test_predict_mask_checks_shape(breast):
     _, volume, _ = breast
     with pytest.raises(InputError, match="prediction has shape"):
         el.predict_mask(lambda s, p: np.zeros((3, 3)), el.extract_slice(volume, 2, 0), [(0, 0, 1)], 1)
+
+
+# ---------------------------------------------------------------------------- writing to a segment
+# The effect writes through the Segment Editor's modification API. slicer-core has its real
+# implementation (vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap, what
+# qSlicerSegmentEditorAbstractEffect.modifySelectedSegmentByLabelmap calls), so the write is
+# checked here on a real segmentation node.
+
+@pytest.fixture()
+def editor(breast):
+    slicer = pytest.importorskip("slicer")
+    from CPCSAMLib.slicer import mrml
+
+    image, volume, _ = breast
+    scene = slicer.vtkMRMLScene()
+    seg_logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    seg_logic.SetMRMLScene(scene)
+    volume_node = mrml.add_volume_from_sitk(scene, image, "breast")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("tumour")
+    editor_node = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    logic = slicer.vtkSlicerSegmentEditorLogic()
+    logic.SetMRMLScene(scene)
+    logic.SetSegmentEditorNode(editor_node)
+    editor_node.SetAndObserveSegmentationNode(segmentation)
+    editor_node.SetAndObserveSourceVolumeNode(volume_node)
+    editor_node.SetSelectedSegmentID(segment_id)
+    import vtk
+
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+
+    def modify(modifier, mode, extent):
+        logic.ModifySegmentByLabelmap(segmentation, segment_id, modifier, mode, extent, True, False)
+
+    def segment_array():
+        with mrml._TemporaryNodes(scene):
+            labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+            assert seg_logic.ExportSegmentsToLabelmapNode(segmentation, [segment_id], labelmap, volume_node,
+                                                          slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            return mrml.volume_array(labelmap) > 0
+
+    def write(masks, axis=2):
+        return el.write_slices_to_segment(modify, logic.ModificationModeRemove, logic.ModificationModeAdd,
+                                          volume.shape, axis, masks, (0, 0, 0), ijk_to_ras)
+
+    yield types.SimpleNamespace(logic=logic, modify=modify, segment_array=segment_array, write=write,
+                                ijk_to_ras=ijk_to_ras, shape=volume.shape)
+    scene.Clear(1)
+
+
+def _disk(shape2d, centre, radius):
+    yy, xx = np.mgrid[0:shape2d[0], 0:shape2d[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
+
+
+def test_a_new_slice_keeps_earlier_results_and_painting(editor):
+    shape2d = editor.shape[1:]
+    # "manual painting" on slice 1, the way Paint writes (Add within its extent)
+    painted = np.zeros(editor.shape, np.uint8)
+    painted[1][_disk(shape2d, (60, 20), 8)] = 1
+    extent = list(el.slice_extent(editor.shape, 2, 1))
+    editor.modify(el._oriented_image(painted[1:2], extent, editor.ijk_to_ras), editor.logic.ModificationModeAdd,
+                  extent)
+    result3, result6 = _disk(shape2d, (50, 25), 10), _disk(shape2d, (70, 15), 6)
+    editor.write({3: result3})
+    editor.write({6: result6})
+    segment = editor.segment_array()
+    np.testing.assert_array_equal(segment[3], result3)  # the slice-3 result survived the slice-6 write
+    np.testing.assert_array_equal(segment[6], result6)
+    np.testing.assert_array_equal(segment[1], painted[1] > 0)  # manual painting survived
+    others = [k for k in range(editor.shape[0]) if k not in (1, 3, 6)]
+    assert not segment[others].any()
+
+
+def test_rewriting_a_slice_replaces_it_and_propagated_slices_are_written(editor):
+    shape2d = editor.shape[1:]
+    editor.write({3: _disk(shape2d, (50, 25), 10)})
+    smaller = _disk(shape2d, (50, 25), 4)
+    editor.write({2: smaller, 3: smaller, 4: _disk(shape2d, (52, 25), 3)})  # a click plus propagation
+    segment = editor.segment_array()
+    np.testing.assert_array_equal(segment[3], smaller)  # replaced, not merged with the larger disk
+    np.testing.assert_array_equal(segment[2], smaller)
+    assert segment[4].sum() == _disk(shape2d, (52, 25), 3).sum()
+    editor.write({3: np.zeros(shape2d, bool)})  # an empty result empties its slice only
+    segment = editor.segment_array()
+    assert not segment[3].any() and segment[2].any() and segment[4].any()
+
+
+def test_other_axes_write_only_their_slices(editor):
+    k, j, i = editor.shape
+    editor.write({3: _disk((j, i), (50, 25), 10)})
+    sagittal = np.zeros((k, j), bool)
+    sagittal[5:15, 40:80] = True
+    editor.write({30: sagittal}, axis=0)  # I slice 30: [K, J]
+    segment = editor.segment_array()
+    np.testing.assert_array_equal(segment[:, :, 30], sagittal)
+    expected3 = _disk((j, i), (50, 25), 10)
+    expected3[:, 30] = sagittal[3]  # slice 3 changed only where it crosses I = 30
+    np.testing.assert_array_equal(segment[3], expected3)
+
+
+def test_the_set_mode_would_erase_earlier_slices(editor):
+    """Why the effect does not use ModificationModeSet: Set clears the segment outside the extent."""
+    shape2d = editor.shape[1:]
+    editor.write({3: _disk(shape2d, (50, 25), 10)})
+    array, first, _ = el.modifier_for_slices(editor.shape, 2, {6: _disk(shape2d, (70, 15), 6)})
+    extent = list(el.slice_extent(editor.shape, 2, first))
+    editor.modify(el._oriented_image(array, extent, editor.ijk_to_ras), editor.logic.ModificationModeSet, extent)
+    segment = editor.segment_array()
+    assert segment[6].any() and not segment[3].any()
+
+
+def test_propagation_steps_can_be_stopped(breast):
+    _, volume, label = breast
+    oracle = Oracle(volume, label, axis=2)
+    steps = el.propagation_steps(oracle, volume, 2, 9, label[9] > 0, 1, max_slices=5)
+    index, mask = next(steps)  # one model call per step: the effect's timer does one per tick
+    assert index == 10 and mask.any() and len(oracle.calls) == 1
+    steps.close()  # Stop: no further model call
+    assert len(oracle.calls) == 1
+    assert sorted(dict(el.propagation_steps(oracle, volume, 2, 9, label[9] > 0, 1, 5))) == [8, 10]
+
+
+def test_the_effect_picks_the_latest_trained_model(tmp_path):
+    import os
+
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (1_000_000, 1_000_000))
+    os.utime(new, (2_000_000, 2_000_000))
+    history = [str(new), str(old)]  # most recent first, as ctkPathLineEdit keeps it
+    assert el.pick_model("", history) == str(new)
+    assert el.pick_model(str(tmp_path / "deleted.pt"), history) == str(new)
+    assert el.pick_model(str(old), history) == str(new)  # a newer model was trained since
+    chosen = tmp_path / "chosen.pt"
+    chosen.write_bytes(b"z")  # newest file: the user's own choice stays
+    assert el.pick_model(str(chosen), history) == str(chosen)
+    assert el.pick_model(str(old), [str(tmp_path / "gone.pt")]) == str(old)
+    assert el.pick_model("", []) is None

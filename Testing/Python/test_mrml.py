@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from CPCSAMLib import InputError, mrml  # noqa: E402
+from CPCSAMLib import InputError
+from CPCSAMLib.slicer import mrml  # noqa: E402
 from CPCSAMLib import dataset, io  # noqa: E402
 
 
@@ -448,3 +449,81 @@ def test_model_classes_from_job_json(tmp_path):
         {"name": "lesion", "value": 1, "color": [1, 0, 0]}]
     with pytest.raises(InputError, match="No class list"):
         mrml.model_classes(tmp_path / "elsewhere" / "deep" / "x" / "model.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# panel expectations: terminology carried over, results reused, stepwise export, RGB volumes
+# --------------------------------------------------------------------------------------------
+
+TUMOR = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+         "Structure~SCT^108369006^Tumor~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+def test_terminology_of_the_training_segments_reaches_the_result(scene, seg_logic, busi_dir, tmp_path):
+    vol, seg = busi_pair(scene, seg_logic, busi_dir, "benign_001")
+    segment = seg.GetSegmentation().GetSegment(segment_ids(seg)[0])
+    mrml.set_segment_terminology(segment, TUMOR)
+    m = mrml.export_job(scene, seg_logic, [(vol, seg, None)], [], tmp_path / "job" , {})
+    job = json.loads((tmp_path / "job" / mrml.JOB_NAME).read_text())
+    assert job["classes"][0]["terminology"] == TUMOR
+    model = tmp_path / "job" / "model" / "model_best.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"not read")
+    classes = mrml.model_classes(model)
+    assert classes[0]["terminology"] == TUMOR
+    label = tmp_path / "job" / json.loads(m.read_text())["labeled"][0]["label"]
+    result = mrml.load_result(scene, seg_logic, label, vol, classes)
+    assert mrml.segment_terminology(result.GetSegmentation().GetNthSegment(0)) == TUMOR
+    # Slicer gives an imported segment its default terminology: carried over exactly as it is
+    vol2, seg2 = busi_pair(scene, seg_logic, busi_dir, "malignant_001")
+    default = mrml.segment_terminology(seg2.GetSegmentation().GetNthSegment(0))
+    assert default and default != TUMOR
+    mrml.export_job(scene, seg_logic, [(vol2, seg2, None)], [], tmp_path / "job2", {})
+    assert json.loads((tmp_path / "job2" / mrml.JOB_NAME).read_text())["classes"][0]["terminology"] == default
+
+
+def test_a_rerun_reuses_the_previous_result(scene, seg_logic, busi_dir, tmp_path):
+    vol, seg = busi_pair(scene, seg_logic, busi_dir, "benign_001")
+    m = mrml.export_job(scene, seg_logic, [(vol, seg, None)], [], tmp_path / "job", {})
+    label = tmp_path / "job" / json.loads(m.read_text())["labeled"][0]["label"]
+    classes = [{"name": "lesion", "value": 1}]
+    assert mrml.previous_result(vol) is None
+    first = mrml.load_result(scene, seg_logic, label, vol, classes)
+    assert mrml.previous_result(vol) is first
+    count = node_count(scene)
+    again = mrml.load_result(scene, seg_logic, label, vol, classes, segmentation_node=mrml.previous_result(vol),
+                             overwrite=True)
+    assert again is first and node_count(scene) == count  # no new node on a rerun
+    assert first.GetSegmentation().GetNumberOfSegments() == 1
+    scene.RemoveNode(first)
+    assert mrml.previous_result(vol) is None  # deleted: the next run makes a new one
+
+
+def test_export_steps_report_progress_and_write_only_after_checking(scene, seg_logic, busi_dir, tmp_path):
+    v1, s1 = busi_pair(scene, seg_logic, busi_dir, "benign_001")
+    u1 = mrml.add_volume_from_sitk(scene, sitk.ReadImage(str(busi_dir / "images" / "benign_002.png")), "u1")
+    job = tmp_path / "job"
+    steps = mrml.export_job_steps(scene, seg_logic, [(v1, s1, None)], [u1], job, {})
+    seen = []
+    for item in steps:
+        seen.append((item["phase"], item["done"], item["total"]))
+        if item["phase"] != "writing":
+            assert not job.exists() or not any(job.rglob("*.nrrd"))
+    assert seen == [("segmentations", 1, 1), ("checking", 1, 2), ("checking", 2, 2), ("writing", 1, 2),
+                    ("writing", 2, 2)]
+    assert (job / mrml.MANIFEST_NAME).is_file()
+
+
+def test_colour_vector_volume_is_exported_as_luminance(scene, seg_logic, busi_dir, tmp_path):
+    """A vtkMRMLVectorVolumeNode (colour PNG/JPG, ultrasound) with different R, G, B: BT.601 luminance."""
+    gray = sitk.GetArrayFromImage(sitk.ReadImage(str(busi_dir / "images" / "benign_003.png")))
+    r, g, b = gray, (255 - gray), (gray // 2)
+    rgb = sitk.GetImageFromArray(np.stack([r, g, b], axis=-1).astype(np.uint8), isVector=True)
+    vol = mrml.add_volume_from_sitk(scene, rgb, "colour")
+    assert vol.GetClassName() == "vtkMRMLVectorVolumeNode"
+    out = mrml.export_volume(vol, tmp_path / "colour.nrrd")
+    image = sitk.ReadImage(str(out))
+    assert image.GetNumberOfComponentsPerPixel() == 1
+    expected = np.clip(np.rint(0.299 * r + 0.587 * g.astype(np.float32) + 0.114 * b), 0, 255)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image)[0], expected, atol=1)
+    assert np.abs(sitk.GetArrayFromImage(image)[0].astype(int) - r).max() > 50  # not just one channel

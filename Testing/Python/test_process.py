@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from CPCSAMLib.process import (EXIT_CANCELLED, EngineProcess, Signal, default_python_executable,
-                               predict_arguments, train_arguments, train_options)
+from CPCSAMLib.slicer.process import (CANCEL_FILE_ENV, EXIT_CANCELLED, EngineProcess, Signal,
+                                      default_python_executable, popen_platform_kwargs, predict_arguments,
+                                      train_arguments, write_train_config)
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-tree checks use POSIX /proc")
 
@@ -45,10 +46,11 @@ FAKE_ENGINE = textwrap.dedent(
         child.wait()
         sys.exit(3)
 
-    if stubborn:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if stubborn or mode == "file-only":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # file-only: like Windows, no signal arrives
     else:
         signal.signal(signal.SIGTERM, on_term)
+    cancel_file = os.environ.get("CPCSAM_CANCEL_FILE")
     with open(pid_file + ".tmp", "w") as f:
         json.dump({"parent": os.getpid(), "child": child.pid}, f)
     os.replace(pid_file + ".tmp", pid_file)
@@ -72,6 +74,8 @@ FAKE_ENGINE = textwrap.dedent(
         sys.exit(0)
     n = 5 if mode == "ok" else 100000
     for i in range(1, n + 1):
+        if not stubborn and cancel_file and os.path.exists(cancel_file):
+            on_term(None, None)  # the engine polls the cancel file like its signal flag
         emit(event="iteration", iteration=i, iterations=n, loss=1.0 / i)
         print(f"iteration {i}", flush=True)
         time.sleep(0.05)
@@ -114,11 +118,11 @@ def fake(tmp_path):
     script.write_text(FAKE_ENGINE)
     started = []
 
-    def make(mode: str):
+    def make(mode: str, **kwargs):
         events = tmp_path / f"{mode}_events.jsonl"
         pid_file = tmp_path / f"{mode}.pids"
         proc = EngineProcess(events_path=events,
-                             command=[sys.executable, str(script), str(events), mode, str(pid_file)])
+                             command=[sys.executable, str(script), str(events), mode, str(pid_file)], **kwargs)
         started.append((proc, pid_file))
         return proc, pid_file
 
@@ -236,6 +240,39 @@ def test_non_blocking_cancel(fake):
     assert _wait_gone(list(pids.values())) == []
 
 
+def test_cancel_through_the_cancel_file_alone_saves_a_checkpoint(fake):
+    """The Windows path: no signal reaches the engine, it finds the cancel file and stops cleanly."""
+    proc, pid_file = fake("file-only", use_signals=False)
+    proc.start()
+    pids = _read_pids(pid_file)
+    _poll_until(proc, lambda items: any(i.get("event") == "iteration" for i in items))
+    assert not proc.cancel_file.exists()
+    code = proc.cancel(timeout=20.0)
+    assert code == EXIT_CANCELLED  # the engine's own exit, not a kill
+    assert _wait_gone(list(pids.values())) == []
+    items = _poll_until(proc, lambda items: any(i.get("status") == "cancelled" for i in items), timeout=5)
+    assert any(i.get("event") == "checkpoint" for i in items + proc.events)
+
+
+def test_a_stale_cancel_file_does_not_stop_a_new_run(fake):
+    proc, _ = fake("ok")
+    proc.cancel_file.write_text("cancel\n")
+    assert proc.start().run(interval=0.05, timeout=60) == 0
+    assert proc.env is None and CANCEL_FILE_ENV not in os.environ  # given to the child only
+
+
+def test_platform_kwargs():
+    assert popen_platform_kwargs(is_windows=False) == {"start_new_session": True}
+    source = Path(__file__).resolve().parents[2] / "CPCSAMLib" / "slicer" / "process.py"
+    text = source.read_text(encoding="utf-8")
+    # Windows (checked by reading: STARTUPINFO exists on Windows only): hidden console window as
+    # slicer.util.launchConsoleProcess does, own process group, no CTRL_BREAK from a GUI process
+    for needle in ("info.dwFlags = 1", "info.wShowWindow = 0", "CREATE_NEW_PROCESS_GROUP",
+                   '"startupinfo": windows_startupinfo()'):
+        assert needle in text, needle
+    assert "CTRL_BREAK_EVENT" not in text
+
+
 def test_stale_events_file_is_not_read(fake):
     proc, _ = fake("ok")
     proc.events_path.write_text(json.dumps({"event": "error", "type": "Old", "message": "stale"}) + "\n")
@@ -249,30 +286,31 @@ def test_module_is_run_with_the_injected_python(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(textwrap.dedent(
         """
-        import json, sys
+        import json, os, sys
         args = sys.argv[1:]
         events = args[args.index("--events") + 1]
         with open(events, "w") as f:
-            f.write(json.dumps({"event": "started", "argv": args}) + "\\n")
+            f.write(json.dumps({"event": "started", "argv": args,
+                                "cancel_file": os.environ.get("CPCSAM_CANCEL_FILE")}) + "\\n")
         print("python:", sys.executable)
         """))
     events = tmp_path / "out" / "events.jsonl"
-    args = train_arguments("m.json", tmp_path / "out", events, {"iterations": 2, "batch_size": 2,
-                                                               "amp": False, "seed": None})
+    args = train_arguments("m.json", tmp_path / "out", tmp_path / "job.json", events)
     proc = EngineProcess(args, events_path=events, python_executable=sys.executable,
                          module="fakeengine", cwd=tmp_path)
     assert proc.full_command[:3] == [sys.executable, "-m", "fakeengine"]
     assert proc.run(interval=0.05, timeout=60) == 0
     started = [e for e in proc.events if e["event"] == "started"][0]
     assert started["argv"] == ["train", "--manifest", "m.json", "--output", str(tmp_path / "out"),
-                               "--events", str(events), "--iterations", "2", "--batch-size", "2"]
+                               "--config", str(tmp_path / "job.json"), "--events", str(events)]
+    assert started["cancel_file"] == str(events) + ".cancel"
 
 
 def test_argument_builders_and_default_python():
-    assert predict_arguments("model.pt", ["a.nrrd", "b.nrrd"], "out", {"device": "cpu"}) == [
+    assert predict_arguments("model.pt", ["a.nrrd", "b.nrrd"], "out", "cpu") == [
         "predict", "--model", "model.pt", "--input", "a.nrrd", "b.nrrd", "--output", "out",
         "--device", "cpu"]
-    assert train_arguments("m", "o", options={"flag": True})[-1] == "--flag"
+    assert train_arguments("m", "o", "j.json") == ["train", "--manifest", "m", "--output", "o", "--config", "j.json"]
     assert default_python_executable() == sys.executable  # plain Python: no PythonSlicer
 
 
@@ -287,49 +325,50 @@ def test_signal():
     assert got == [3] and len(s) == 0
 
 
-def test_train_options_are_accepted_by_the_engine_cli(tmp_path):
+def test_the_job_file_is_what_the_engine_cli_reads(tmp_path):
+    """Needs the engine's options schema (CPCSAMLib.config, helper B's branch)."""
     from CPCSAMLib import InputError
-    from CPCSAMLib.cli import _config, build_parser
+    from CPCSAMLib.cli import build_parser
+    from CPCSAMLib.config import config_from_args
 
-    options = train_options(backbone="LiteMedSAM", device="GPU", iterations=7, batchSize=4,
-                            learningRate=2e-3, lambda1=0.3, lambda2=0.1, loraRank=8, valEvery=5,
-                            samCheckpoint="", seed=None, noAugment=True, threads=2)
-    assert options["backbone"] == "litemedsam" and options["device"] == "cuda"
-    assert "sam_checkpoint" not in options and "seed" not in options
-    args = build_parser().parse_args(train_arguments(tmp_path / "m.json", tmp_path / "out",
-                                                     tmp_path / "e.jsonl", options))
-    cfg = _config(args)
-    assert (cfg.backbone, cfg.device, cfg.iterations, cfg.batch_size, cfg.lr, cfg.lambda_cross,
-            cfg.lambda_consistency, cfg.lora_rank, cfg.val_every, cfg.augment, cfg.num_threads) == (
-        "litemedsam", "cuda", 7, 4, 2e-3, 0.3, 0.1, 8, 5, False, 2)
+    options = {"backbone": "litemedsam", "device": "cuda", "iterations": 7, "batch_size": 4, "lr": 2e-3,
+               "lambda_cross": 0.3, "lambda_consistency": 0.1, "lora_rank": 8, "val_every": 5,
+               "freeze_encoder": True, "max_minutes": 12.5}
+    job = write_train_config(tmp_path / "job.json", options)
+    assert json.loads(job.read_text()) == options  # JSON types: true, numbers
+    assert '"freeze_encoder": true' in job.read_text()
+    args = build_parser().parse_args(train_arguments(tmp_path / "m.json", tmp_path / "out", job,
+                                                     tmp_path / "e.jsonl"))
+    cfg = config_from_args(args)
+    for name, value in options.items():
+        assert getattr(cfg, name) == value, name
     assert args.events == str(tmp_path / "e.jsonl")
 
     checkpoint = tmp_path / "sam_vit_b.pth"
     checkpoint.write_bytes(b"x")
-    sam = train_options(backbone="SAM ViT-B", samCheckpoint=str(checkpoint))
-    assert sam == {"backbone": "sam_vit_b", "sam_checkpoint": str(checkpoint)}
-    args = build_parser().parse_args(train_arguments("m", "o", None, sam))
-    assert args.backbone == "sam_vit_b" and args.sam_checkpoint == str(checkpoint)
+    sam = write_train_config(tmp_path / "sam.json", {"backbone": "sam_vit_b", "sam_checkpoint": str(checkpoint)})
+    cfg = config_from_args(build_parser().parse_args(train_arguments("m", "o", sam)))
+    assert cfg.backbone == "sam_vit_b" and cfg.sam_checkpoint == str(checkpoint)
+
+
+def test_the_job_file_refuses_what_the_engine_would_refuse(tmp_path):
+    """Needs CPCSAMLib.config (helper B's branch): names and JSON types checked before writing."""
+    from CPCSAMLib import InputError
+
+    target = tmp_path / "job.json"
+    with pytest.raises(InputError, match="epochs"):
+        write_train_config(target, {"epochs": 3})
+    with pytest.raises(InputError, match="freeze_encoder"):
+        write_train_config(target, {"freeze_encoder": "true"})  # a string is not a boolean
+    with pytest.raises(InputError, match="iterations"):
+        write_train_config(target, {"iterations": 0})
     with pytest.raises(InputError, match="needs the SAM checkpoint file"):
-        train_options(backbone="SAM ViT-H", samCheckpoint=str(tmp_path / "missing.pth"))
-    fast = train_options(fastCPUMode="true", cacheViews="8", embeddingStore=tmp_path / "store", noAugment="false")
-    assert fast == {"freeze_encoder": True, "cache_views": 8, "embedding_store": str(tmp_path / "store"),
-                    "no_augment": False}
-    cfg = _config(build_parser().parse_args(train_arguments("m", "o", None, fast)))
-    assert cfg.freeze_encoder and cfg.cache_views == 8 and cfg.cache_views_unlabeled == 1 and cfg.augment
-    assert cfg.embedding_store == str(tmp_path / "store")
-    assert _config(build_parser().parse_args(train_arguments("m", "o", None, train_options(
-        freezeEncoder="false")))).freeze_encoder is False
-    with pytest.raises(InputError, match="must be true or false"):
-        train_options(freezeEncoder="maybe")
-    with pytest.raises(InputError, match="Unknown backbone"):
-        train_options(backbone="UNet")
-    with pytest.raises(InputError, match="Unknown training option 'epochs'"):
-        train_options(epochs=3)
+        write_train_config(target, {"backbone": "sam_vit_h", "sam_checkpoint": str(tmp_path / "missing.pth")})
+    assert not target.exists()
 
 
 def test_python_slicer_is_found_next_to_the_slicer_executable(tmp_path, monkeypatch):
-    import CPCSAMLib.process as process_module
+    import CPCSAMLib.slicer.process as process_module
 
     linux = tmp_path / "Slicer" / "bin"
     linux.mkdir(parents=True)

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from CPCSAMLib import InputError, effect_logic, mrml  # noqa: E402
+from CPCSAMLib import InputError  # noqa: E402
+from CPCSAMLib.slicer import effect_logic, mrml  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks use /proc")
 
@@ -142,11 +143,18 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     job = tmp_path / "job"
     items = []
     t0 = time.time()
-    model = logic.train(pairs, [unlabeled], outputDir=job, iterations=2, batchSize=2, valEvery=2,
-                        device="CPU", progressCallback=items.append)
+    model = logic.train(pairs, [unlabeled], outputDir=job, iterations=2, batch_size=2, val_every=2,
+                        device="cpu", progressCallback=items.append)
     train_seconds = time.time() - t0
     assert Path(model) == job / "model" / "model_best.pt" and Path(model).is_file()
-    assert logic.process.returncode == 0 and logic.process.error_message is None
+    assert logic.run.process.returncode == 0 and logic.run.process.error_message is None
+    assert logic.latestModelPath == model
+    # the engine got the options as a job file of TrainConfig names with JSON types
+    options = json.loads((job / "train_options.json").read_text())
+    assert options["iterations"] == 2 and options["batch_size"] == 2 and options["device"] == "cpu"
+    assert "--config" in logic.run.process.args
+    exports = [i for i in items if i.get("event") == "export"]
+    assert [e["phase"] for e in exports].count("writing") == 3  # one step per volume: the GUI timer's unit
 
     events = [i for i in items if i.get("event") != "log"]
     started = next(e for e in events if e["event"] == "started")
@@ -158,13 +166,11 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     assert events[-1]["event"] == "finished" and events[-1]["status"] == "completed"
     manifest = json.loads((job / "manifest.json").read_text())
     assert len(manifest["labeled"]) == 2 and len(manifest["unlabeled"]) == 1
-    job_json = json.loads((job / "job.json").read_text())
-    assert job_json["config"]["iterations"] == 2 and job_json["config"]["batch_size"] == 2
 
     # Apply: a background `predict`, loaded into a NEW segmentation node next to the volume
     before = scene.GetNumberOfNodes()
     t0 = time.time()
-    seg = logic.apply(model, unlabeled, device="CPU")
+    seg = logic.apply(model, unlabeled, device="cpu")
     apply_seconds = time.time() - t0
     assert scene.GetNumberOfNodes() > before
     assert seg.IsA("vtkMRMLSegmentationNode") and seg.GetName() == f"{CASE_UNLABELED} CPC-SAM"
@@ -184,10 +190,15 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
 
+    # a rerun reuses the volume's previous result: no new node
+    count = scene.GetNumberOfNodes()
+    assert logic.apply(model, unlabeled, device="cpu") is seg
+    assert scene.GetNumberOfNodes() == count and seg.GetSegmentation().GetNumberOfSegments() == 1
+
     # never overwrite: a segmentation with segments is refused, unchanged
     t0 = time.time()
     with pytest.raises(InputError, match="never overwrites"):
-        logic.apply(model, unlabeled, segmentationNode=pairs[0][1], device="CPU")
+        logic.apply(model, unlabeled, segmentationNode=pairs[0][1], device="cpu")
     assert time.time() - t0 < 5  # refused before any prediction runs
     assert pairs[0][1].GetSegmentation().GetNthSegment(0).GetName() == "lesion"
 
@@ -201,8 +212,8 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
                                              class_index=1, propagate_slices=3)
     assert list(masks) == [0]  # a single-slice volume: nothing to propagate to
     assert masks[0].shape == truth.shape and masks[0].dtype == bool
-    labelmap, (first, last) = effect_logic.labelmap_from_slices(volume.shape, 2, masks)
-    assert (first, last) == (0, 0) and labelmap.sum() == masks[0].sum()
+    modifier, first, last = effect_logic.modifier_for_slices(volume.shape, 2, masks)
+    assert (first, last) == (0, 0) and modifier.sum() == masks[0].sum()
     print(f"\ntrain 2 iterations (with process start-up) {train_seconds:.1f} s, apply {apply_seconds:.1f} s, "
           f"in-process Predictor load + predict {predictor_seconds:.1f} s")
 
@@ -210,35 +221,77 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
 def test_engine_input_error_reaches_the_console_api(logic, scene, busi_dir, tmp_path):
     pair = busi_pair(scene, busi_dir, CASES_LABELED[0])
     unlabeled = busi_volume(scene, busi_dir, CASE_UNLABELED)
-    with pytest.raises(RuntimeError, match=r"exit code 2\).*batch-size must be >= 2"):
-        logic.train([pair], [unlabeled], outputDir=tmp_path / "job", iterations=2, batchSize=1, device="CPU")
-    assert logic.process.returncode == 2
-    assert logic.process.last_error_event["type"] == "InputError"
+    with pytest.raises(InputError, match="batch"):  # refused by the options schema before any export
+        logic.train([pair], [unlabeled], outputDir=tmp_path / "job", iterations=2, batch_size=1, device="cpu")
+    assert not (tmp_path / "job").exists()
+    with pytest.raises(InputError, match="epochs"):
+        logic.train([pair], [unlabeled], outputDir=tmp_path / "job", epochs=2)
+    # an error found by the engine itself (here: a folder that holds a run) reaches the caller
+    (tmp_path / "job2" / "model").mkdir(parents=True)
+    (tmp_path / "job2" / "model" / "model_last.pt").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="failed"):
+        logic.train([pair], [unlabeled], outputDir=tmp_path / "job2", iterations=2, batch_size=2, device="cpu")
+    assert logic.run.process.returncode == 2
+    assert logic.run.process.last_error_event["type"] == "InputError"
 
 
-def test_cancel_a_real_training_run(logic, scene, busi_dir, tmp_path):
+def test_cancel_a_real_training_run_after_the_scene_was_closed(logic, scene, busi_dir, tmp_path):
     pairs = [busi_pair(scene, busi_dir, case) for case in CASES_LABELED]
     unlabeled = busi_volume(scene, busi_dir, CASE_UNLABELED)
-    process = logic.train(pairs, [unlabeled], outputDir=tmp_path / "job", waitForCompletion=False,
-                          iterations=1000, batchSize=2, valEvery=1000, device="CPU")
+    run = logic.train(pairs, [unlabeled], outputDir=tmp_path / "job", waitForCompletion=False,
+                      iterations=1000, batch_size=2, val_every=1000, device="cpu")
+    process = None
     try:
         deadline = time.time() + 240
         seen = []
-        while time.time() < deadline and not any(i.get("event") == "started" for i in seen):
-            seen += process.poll()
-            assert process.is_running(), f"the engine stopped: {process.error_message}"
-            time.sleep(0.2)
-        assert any(i.get("event") == "started" for i in seen), "no 'started' event"
+        while time.time() < deadline and not any(i.get("event") == "iteration" for i in seen):
+            seen += run.step()
+            assert not run.done, f"the run stopped: {run.error}"
+            time.sleep(0.05)
+        process = run.process
+        assert any(i.get("event") == "iteration" for i in seen), "no 'iteration' event"
         assert process.pid in group_members(process.pid)  # its own process group
-        code = process.cancel(timeout=180.0)
+        scene.Clear(0)  # the user closes the scene while training: the run does not need it
+        run.cancel(timeout=180.0)
+        cancelled_at = time.time()
+        while not run.done and time.time() - cancelled_at < 200:
+            run.step()
+            time.sleep(0.1)
     finally:
-        if process.is_running():
+        if process is not None and process.is_running():
             process.cancel(timeout=5.0)
-    assert code in (3, -signal.SIGTERM, -signal.SIGKILL), code
-    assert process.cancelled and not process.succeeded
+    code = process.returncode
+    assert code == 3, code  # the engine stopped between iterations (cancel file and SIGTERM)
+    assert run.done and run.cancelled and not run.succeeded
     assert group_members(process.pid) == []  # nothing of the tree is left
-    events = process.events + [i for i in process.poll() if i.get("event") != "log"]
-    if code == 3:  # the engine stopped between iterations and saved a checkpoint
-        finished = [e for e in events if e["event"] == "finished"]
-        assert finished and finished[-1]["status"] == "cancelled"
-        assert (tmp_path / "job" / "model" / "model_last.pt").is_file()
+    finished = [e for e in process.events if e["event"] == "finished"]
+    assert finished and finished[-1]["status"] == "cancelled"
+    assert run.last_checkpoint == tmp_path / "job" / "model" / "model_last.pt"
+    assert run.last_checkpoint.is_file()  # the trained model's path survives the closed scene
+
+
+def test_a_model_trained_before_the_scene_closed_is_kept(logic, scene):
+    """Closing the scene replaces the parameter node: the new one gets the model the logic kept."""
+    logic.latestModelPath = "/data/job/model/model_best.pt"
+    fresh = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "CPCSAM")
+    logic.setDefaultParameters(fresh)
+    assert fresh.GetParameter("ModelPath") == "/data/job/model/model_best.pt"
+    assert fresh.GetParameter("FastCPUMode") == "false" and fresh.GetParameter("MaxMinutes") == "0"
+    fresh.SetParameter("ModelPath", "/other.pt")  # a user's choice is never replaced
+    logic.setDefaultParameters(fresh)
+    assert fresh.GetParameter("ModelPath") == "/other.pt"
+
+
+def test_eta_from_the_engine_events():
+    from CPCSAMLib.slicer.runs import Eta, format_duration
+
+    eta = Eta()
+    eta.update({"event": "started", "iterations": 1000})
+    assert eta.seconds_left() is None  # no pace yet
+    eta.update({"event": "iteration", "iteration": 1, "iterations": 1000, "seconds": 10.0})
+    eta.update({"event": "iteration", "iteration": 11, "iterations": 1000, "seconds": 30.0})
+    assert eta.seconds_left() == pytest.approx(989 * 2.0)
+    eta.update({"event": "horizon", "iteration": 11, "horizon": 111, "seconds_per_iteration": 2.0})
+    assert eta.seconds_left() == pytest.approx(100 * 2.0)  # the time limit caps the run
+    assert eta.text() == "about 3 min 20 s left"
+    assert format_duration(7300) == "2 h 01 min" and format_duration(None) == "-"

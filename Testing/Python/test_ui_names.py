@@ -105,7 +105,10 @@ def test_panel_has_the_required_controls(widgets):
                       ("labeledSegmentationSelector", "qMRMLNodeComboBox"),
                       ("applyVolumesSelector", "qMRMLCheckableNodeComboBox"),
                       ("modelPathLineEdit", "ctkPathLineEdit"), ("outputDirectoryPathLineEdit", "ctkPathLineEdit"),
-                      ("samCheckpointPathLineEdit", "ctkPathLineEdit")]:
+                      ("samCheckpointPathLineEdit", "ctkPathLineEdit"),
+                      ("outputSegmentationSelector", "qMRMLNodeComboBox"),
+                      ("show3DButton", "qMRMLSegmentationShow3DButton"), ("maxMinutesSpinBox", "QDoubleSpinBox"),
+                      ("openJobFolderButton", "QPushButton")]:
         assert widgets.get(name) == cls, f"{name}: {widgets.get(name)} != {cls}"
     assert widgets["CPCSAM"] == "qMRMLWidget"
 
@@ -118,7 +121,9 @@ def test_ui_declares_custom_widgets_and_scene_connections(ui_tree, widgets):
                   "QListWidget", "QTableWidget", "QProgressBar", "QPlainTextEdit"}
     for name, cls in widgets.items():
         assert cls in qt_classes or cls in declared, f"{name}: class {cls} is neither Qt nor declared"
-    mrml = {n for n, c in widgets.items() if c.startswith("qMRML") and c != "qMRMLWidget"}
+    # qMRMLSegmentationShow3DButton is a ctkMenuButton without setMRMLScene
+    mrml = {n for n, c in widgets.items() if c.startswith("qMRML")
+            and c not in ("qMRMLWidget", "qMRMLSegmentationShow3DButton")}
     connected = {c.find("receiver").text for c in root.iter("connection")
                  if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
@@ -146,9 +151,13 @@ def test_sources_compile(repo_root, tmp_path):
 def test_effect_uses_the_contract(repo_root):
     source = (repo_root / EFFECT).read_text(encoding="utf-8")
     for needle in ("predict_slice_with_points", "saveStateForUndo()", "modifySelectedSegmentByLabelmap",
-                   "GetShiftKey()", "LeftButtonPressEvent", "effect_logic.segment_with_points",
+                   "GetShiftKey()", "LeftButtonPressEvent", "effect_logic.write_slices_to_segment",
+                   "effect_logic.propagation_steps", "effect_logic.locate_click",
+                   "confirmCurrentSegmentVisible()", "ModificationModeRemove", "ModificationModeAdd",
                    "def processInteractionEvents(self, callerInteractor, eventId, viewWidget)"):
         assert needle in source, needle
+    assert "ModificationModeSet" not in source  # Set clears the whole segment first
+    assert "sys.path" not in source.replace("on sys.path", "")  # one place only: CPCSAM.py
     module = (repo_root / "SegmentEditorCPCSAM" / "SegmentEditorCPCSAM.py").read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", self.registerEditorEffect)' in module
     assert "qSlicerSegmentEditorScriptedEffect" in module
@@ -176,17 +185,7 @@ def test_cmake_files(repo_root):
             for entry in _cmake_list(text, variable):
                 path = repo_root / module / entry.replace("${MODULE_NAME}", module)
                 assert path.is_file(), f"{module}/CMakeLists.txt names a missing file: {entry}"
-    # the engine is installed with the CPCSAM module: globs relative to the top level
-    text = (repo_root / "CPCSAM" / "CMakeLists.txt").read_text()
-    globs = re.findall(r"\$\{CPCSAM_TOPLEVEL_DIR\}/(CPCSAMLib/[^\s)]*)", text)
-    matched = set()
-    for pattern in globs:
-        glob = pattern.replace("*", "**/*", 1) if pattern.endswith("demo_data/*") else pattern
-        matched |= {p.relative_to(repo_root).as_posix() for p in repo_root.glob(glob) if p.is_file()}
-    engine_files = {p.relative_to(repo_root).as_posix() for p in (repo_root / "CPCSAMLib").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
-    assert engine_files and engine_files <= matched, f"not installed: {sorted(engine_files - matched)[:10]}"
-    assert "SOURCE_DIR ${CPCSAM_TOPLEVEL_DIR}" in text and "NO_INSTALL_SUBDIR" in text
+    # the engine's install rules are run with cmake in test_cmake_install.py
 
 
 def test_icons_are_real_pngs(repo_root):
@@ -197,3 +196,82 @@ def test_icons_are_real_pngs(repo_root):
         image = sitk.ReadImage(str(repo_root / path))
         assert image.GetSize() == (128, 128), path
         assert image.GetNumberOfComponentsPerPixel() in (3, 4)
+
+
+def _selector_accepts(element, node) -> bool:
+    """qMRMLSortFilterProxyModel's node-type rule (Libs/MRML/Widgets/qMRMLSortFilterProxyModel.cxx):
+    with showChildNodeTypes false a node's class must equal one of nodeTypes; otherwise IsA, minus
+    hideChildNodeTypes (default of showChildNodeTypes: true)."""
+    types = [e.text for e in element.find("property[@name='nodeTypes']").iter("string")]
+    show_child = _property(element, "showChildNodeTypes") != "false"
+    hidden = [e.text for e in element.findall("property[@name='hideChildNodeTypes']//string")]
+    for node_type in types:
+        if not node.IsA(node_type):
+            continue
+        if not show_child and node.GetClassName() != node_type:
+            continue
+        if show_child and any(node.IsA(h) for h in hidden):
+            return False
+        return True
+    return False
+
+
+def test_volume_selectors_offer_rgb_volumes_and_no_labelmaps(ui_tree):
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    nodes = {cls: scene.AddNewNodeByClass(cls) for cls in (
+        "vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLLabelMapVolumeNode",
+        "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLSegmentationNode")}
+    by_name = {w.get("name"): w for w in ui_tree.iter("widget")}
+    for name in ("labeledVolumeSelector", "unlabeledVolumesSelector", "applyVolumesSelector"):
+        accepted = {cls for cls, node in nodes.items() if _selector_accepts(by_name[name], node)}
+        assert accepted == {"vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"}, (name, accepted)
+    scene.Clear(1)
+
+
+def test_extension_urls_name_files_of_the_repository(repo_root):
+    """The icon and screenshot URLs point at files that exist here (no invented pictures)."""
+    text = (repo_root / "CMakeLists.txt").read_text(encoding="utf-8")
+    variables = dict(re.findall(r'set\((\w+) "([^"]*)"\)', text))
+    raw = variables["CPCSAM_RAW_FILES"]
+    assert raw.startswith("https://raw.githubusercontent.com/")
+    for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in variables[name].split():
+            url = url.replace("${CPCSAM_RAW_FILES}", raw)
+            assert url.startswith(raw + "/"), url
+            path = repo_root / url[len(raw) + 1:]
+            assert path.is_file(), f"{name} names a file that does not exist: {path}"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert variables["EXTENSION_HOMEPAGE"].replace("${CPCSAM_REPOSITORY}", variables["CPCSAM_REPOSITORY"]) \
+        .startswith(variables["CPCSAM_REPOSITORY"])
+    assert (repo_root / "docs" / "SLICER.md").is_file()
+    assert "placeholder" not in text.lower() and "example.com" not in text
+
+
+def _undefined_names(source: str):
+    """Names a module loads but never defines or imports (module-level view, like pyflakes' F821)."""
+    import ast
+    import builtins
+
+    tree = ast.parse(source)
+    defined = set(dir(builtins)) | {"__file__", "__name__"}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            defined.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return sorted(used - defined)
+
+
+def test_slicer_files_use_no_undefined_name(repo_root):
+    """The Qt files cannot run here: at least every name they use must exist."""
+    for path in [MODULE, EFFECT, Path("SegmentEditorCPCSAM") / "SegmentEditorCPCSAM.py"]:
+        assert _undefined_names((repo_root / path).read_text(encoding="utf-8")) == [], path
+    assert _undefined_names("x = UNDEFINED_ROLE\n") == ["UNDEFINED_ROLE"]

@@ -1,12 +1,17 @@
 """Run the engine's command line in a background process, without Qt.
 
 :class:`EngineProcess` starts ``[python, "-m", "CPCSAMLib", *args]`` in its own process group
-(POSIX: ``start_new_session=True``; Windows: ``CREATE_NEW_PROCESS_GROUP``), reads its stdout and
-stderr in threads, follows the JSON-lines events file (``--events``) with a tail reader, and
-queues everything for :meth:`EngineProcess.poll`, which never blocks (the Slicer widget calls it
-from a ``QTimer``). :meth:`EngineProcess.cancel` ends the **whole process tree**: SIGTERM to the
-process group (the engine saves a checkpoint and exits with code 3), then SIGKILL to whatever is
-left after a timeout (Windows: ``taskkill /T``).
+(POSIX: ``start_new_session=True``; Windows: ``CREATE_NEW_PROCESS_GROUP`` and a hidden console
+window, as Slicer's ``launchConsoleProcess``), reads its stdout and stderr in threads, follows the
+JSON-lines events file (``--events``) with a tail reader, and queues everything for
+:meth:`EngineProcess.poll`, which never blocks (the Slicer widget calls it from a ``QTimer``).
+
+:meth:`EngineProcess.cancel` stops the **whole process tree** gently first, on every platform:
+it creates the cancel file named by ``$CPCSAM_CANCEL_FILE`` in the engine's environment (the
+engine polls it, saves a checkpoint and exits with code 3) and, on POSIX, also sends SIGTERM to
+the process group. Whatever is left after a timeout is killed (SIGKILL to the group; Windows:
+``taskkill /F /T``). A GUI process on Windows cannot send a console control event to a process
+without a visible console, so the file is the gentle path there.
 
 The exit code decides success (0) or failure; on failure :attr:`EngineProcess.error_message`
 holds the message of the last ``error`` event, else the tail of stderr.
@@ -37,7 +42,10 @@ __all__ = [
     "default_python_executable",
     "train_arguments",
     "predict_arguments",
-    "train_options",
+    "write_train_config",
+    "validate_train_options",
+    "popen_platform_kwargs",
+    "CANCEL_FILE_ENV",
     "BACKBONES",
     "DEVICES",
     "EXIT_OK",
@@ -99,134 +107,80 @@ def default_python_executable() -> str:
     return sys.executable
 
 
-def _option_flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def train_arguments(manifest, output, events=None, options: Optional[dict] = None) -> List[str]:
-    """``train`` arguments for the engine CLI; ``options`` keys become ``--key-with-dashes``.
-
-    ``None`` values are left out, ``True`` gives a bare flag and ``False`` nothing.
-    """
-    args = ["train", "--manifest", str(manifest), "--output", str(output)]
+def train_arguments(manifest, output, config, events=None) -> List[str]:
+    """``train`` arguments for the engine CLI: the options are in the job file ``config``."""
+    args = ["train", "--manifest", str(manifest), "--output", str(output), "--config", str(config)]
     if events:
         args += ["--events", str(events)]
-    args += _options_to_args(options)
     return args
 
 
-def predict_arguments(model, inputs: Sequence, output, options: Optional[dict] = None) -> List[str]:
+def predict_arguments(model, inputs: Sequence, output, device: Optional[str] = None) -> List[str]:
     """``predict`` arguments for the engine CLI."""
     args = ["predict", "--model", str(model), "--input", *[str(p) for p in inputs], "--output", str(output)]
-    args += _options_to_args(options)
+    if device:
+        args += ["--device", str(device)]
     return args
 
 
-def _options_to_args(options: Optional[dict]) -> List[str]:
-    args: List[str] = []
-    for key, value in (options or {}).items():
-        if value is None or value is False:
-            continue
-        if value is True:
-            args.append(_option_flag(key))
-        elif isinstance(value, (list, tuple)):
-            args.append(_option_flag(key))
-            args += [str(v) for v in value]
-        else:
-            args += [_option_flag(key), str(value)]
-    return args
-
-
-#: Backbone names shown in the panel -> engine names (engine names are accepted as they are).
+#: Backbone labels shown in the panel -> the engine's names (TrainConfig ``backbone``).
 BACKBONES = {"LiteMedSAM": "litemedsam", "SAM ViT-B": "sam_vit_b", "SAM ViT-L": "sam_vit_l",
              "SAM ViT-H": "sam_vit_h"}
-#: Device names shown in the panel -> engine names.
+#: Device labels shown in the panel -> the engine's names (TrainConfig ``device``).
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 
-#: Option names accepted by :func:`train_options` (Slicer camelCase, engine snake_case, paper
-#: names) -> the engine's ``train`` option.
-_TRAIN_OPTION_ALIASES = {
-    "backbone": "backbone",
-    "samCheckpoint": "sam_checkpoint", "sam_checkpoint": "sam_checkpoint",
-    "device": "device",
-    "iterations": "iterations",
-    "batchSize": "batch_size", "batch_size": "batch_size",
-    "learningRate": "lr", "learning_rate": "lr", "lr": "lr",
-    "lambda1": "lambda_cross", "lambdaCross": "lambda_cross", "lambda_cross": "lambda_cross",
-    "lambda2": "lambda_consistency", "lambdaConsistency": "lambda_consistency",
-    "lambda_consistency": "lambda_consistency",
-    "loraRank": "lora_rank", "lora_rank": "lora_rank",
-    "valEvery": "val_every", "val_every": "val_every", "validationEvery": "val_every",
-    "saveEvery": "save_every", "save_every": "save_every",
-    "seed": "seed",
-    "method": "method",
-    "axis": "axis",
-    "maxMinutes": "max_minutes", "max_minutes": "max_minutes",
-    "threads": "threads",
-    "warmupIters": "warmup_iters", "warmup_iters": "warmup_iters",
-    "noAugment": "no_augment", "no_augment": "no_augment",
-    "freezeEncoder": "freeze_encoder", "freeze_encoder": "freeze_encoder", "fastCPUMode": "freeze_encoder",
-    "cacheViews": "cache_views", "cache_views": "cache_views",
-    "cacheViewsUnlabeled": "cache_views_unlabeled", "cache_views_unlabeled": "cache_views_unlabeled",
-    "embeddingStore": "embedding_store", "embedding_store": "embedding_store",
-}
+
+def validate_train_options(options: Dict[str, object]) -> None:
+    """Check training options as the engine will: ``TrainConfig.from_dict`` (names, JSON types,
+    values; ``InputError`` naming the option), and that a SAM ViT backbone's checkpoint file exists
+    (so the user hears it before the export, not minutes later from the engine)."""
+    from ..config import TrainConfig
+    from ..errors import InputError
+
+    TrainConfig.from_dict(dict(options), source="training options")
+    checkpoint = options.get("sam_checkpoint")
+    if str(options.get("backbone", "")).startswith("sam_vit") and (not checkpoint or not Path(str(checkpoint)).is_file()):
+        raise InputError(f"The {options['backbone']} backbone needs the SAM checkpoint file "
+                         f"(e.g. sam_vit_b_01ec64.pth); got {checkpoint!r}.")
 
 
-def train_options(**options) -> Dict[str, object]:
-    """Normalise training options to the engine's ``train`` options (``--key-with-dashes``).
+def write_train_config(path, options: Dict[str, object]) -> Path:
+    """Validate training options and write them as the engine's job file; return its path.
 
-    Accepts the panel's names (``batchSize``, ``learningRate``, ``lambda1``...), the engine's
-    (``batch_size``, ``lr``, ``lambda_cross``...), the panel's backbone and device labels
-    ("SAM ViT-B", "GPU"). ``None`` values are dropped. Raises ``InputError`` for an unknown
-    option, backbone or device, and for a SAM backbone without an existing checkpoint file.
+    ``options``: ``CPCSAMLib.config.TrainConfig`` field names with JSON values (real booleans
+    and numbers), e.g. ``{"iterations": 500, "freeze_encoder": true, "max_minutes": 30.0}``.
+    They are checked by :func:`validate_train_options` before anything is written, and written as
+    given (the engine's defaults apply to the rest). The engine reads the file with
+    ``train --config``.
     """
-    from .errors import InputError
+    options = dict(options)
+    validate_train_options(options)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(options, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
-    out: Dict[str, object] = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key not in _TRAIN_OPTION_ALIASES:
-            raise InputError(f"Unknown training option {key!r}; known options: "
-                             f"{sorted(set(_TRAIN_OPTION_ALIASES))}")
-        out[_TRAIN_OPTION_ALIASES[key]] = value
-    if "backbone" in out:
-        name = str(out["backbone"])
-        engine_names = set(BACKBONES.values())
-        if name in BACKBONES:
-            out["backbone"] = BACKBONES[name]
-        elif name.lower() in engine_names:
-            out["backbone"] = name.lower()
-        else:
-            raise InputError(f"Unknown backbone {name!r}; choose one of {list(BACKBONES)}")
-    if "device" in out:
-        name = str(out["device"])
-        out["device"] = DEVICES.get(name, name)
-    if str(out.get("backbone", "litemedsam")).startswith("sam_vit"):
-        checkpoint = out.get("sam_checkpoint")
-        if not checkpoint or not Path(str(checkpoint)).is_file():
-            raise InputError(f"The {out['backbone']} backbone needs the SAM checkpoint file "
-                             f"(e.g. sam_vit_b_01ec64.pth); got {checkpoint!r}.")
-    else:
-        out.pop("sam_checkpoint", None)
-    for key in ("iterations", "batch_size", "lora_rank", "val_every", "save_every", "seed", "threads",
-                "warmup_iters"):
-        if key in out:
-            out[key] = int(out[key])
-    for key in ("lr", "lambda_cross", "lambda_consistency", "max_minutes"):
-        if key in out:
-            out[key] = float(out[key])
-    for key in ("freeze_encoder", "no_augment"):  # parameter nodes store "true"/"false"
-        if key in out and isinstance(out[key], str):
-            if out[key].lower() not in ("true", "false", "1", "0", ""):
-                raise InputError(f"Option {key} must be true or false, got {out[key]!r}")
-            out[key] = out[key].lower() in ("true", "1")
-    for key in ("cache_views", "cache_views_unlabeled"):
-        if key in out:
-            out[key] = int(out[key])
-    if "embedding_store" in out:
-        out["embedding_store"] = str(out["embedding_store"])
-    return out
+
+#: The engine stops (saving a checkpoint, exit code 3) when the file this variable names exists.
+CANCEL_FILE_ENV = "CPCSAM_CANCEL_FILE"
+
+
+def windows_startupinfo():
+    """``STARTUPINFO`` that hides the console window, as Slicer's ``launchConsoleProcess`` does."""
+    info = subprocess.STARTUPINFO()  # type: ignore[attr-defined]  # Windows only
+    info.dwFlags = 1  # STARTF_USESHOWWINDOW
+    info.wShowWindow = 0  # SW_HIDE
+    return info
+
+
+def popen_platform_kwargs(is_windows: bool = _IS_WINDOWS) -> Dict[str, object]:
+    """How the engine process is started: its own process group, and on Windows no console window."""
+    if is_windows:
+        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200),
+                "startupinfo": windows_startupinfo()}
+    return {"start_new_session": True}
 
 
 class EngineProcess:
@@ -245,7 +199,8 @@ class EngineProcess:
 
     def __init__(self, args: Sequence[str] = (), events_path=None, python_executable: Optional[str] = None,
                  env: Optional[Dict[str, str]] = None, cwd=None, module: str = "CPCSAMLib",
-                 command: Optional[Sequence[str]] = None, stderr_lines: int = 200):
+                 command: Optional[Sequence[str]] = None, stderr_lines: int = 200, cancel_file=None,
+                 use_signals: bool = not _IS_WINDOWS):
         self.args = [str(a) for a in args]
         self.events_path = Path(events_path) if events_path else None
         self.python_executable = python_executable or default_python_executable()
@@ -266,6 +221,11 @@ class EngineProcess:
         self._finished_emitted = False
         self._lock = threading.Lock()
         self._started_at: Optional[float] = None
+        #: created by :meth:`cancel`; the engine finds it through ``$CPCSAM_CANCEL_FILE``
+        self.cancel_file = Path(cancel_file) if cancel_file else (
+            self.events_path.with_name(self.events_path.name + ".cancel") if self.events_path else None)
+        #: POSIX: SIGTERM to the group on cancel (with the file); False: the file only, then kill
+        self.use_signals = use_signals
 
     # ------------------------------------------------------------------ start
     @property
@@ -284,12 +244,14 @@ class EngineProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("PYTHONIOENCODING", "utf-8")
+        if self.cancel_file is not None:
+            self.cancel_file.parent.mkdir(parents=True, exist_ok=True)
+            if self.cancel_file.exists():
+                self.cancel_file.unlink()  # a stale request must not stop the new run
+            env[CANCEL_FILE_ENV] = str(self.cancel_file)
         kwargs = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                       env=env, cwd=self.cwd, bufsize=1, text=True, encoding="utf-8", errors="replace")
-        if _IS_WINDOWS:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True
+        kwargs.update(popen_platform_kwargs())
         self._started_at = time.time()
         self.process = subprocess.Popen(self.full_command, **kwargs)
         readers = [
@@ -486,27 +448,36 @@ class EngineProcess:
         return True
 
     def _signal_group(self, sig) -> None:
+        """POSIX: ``sig`` to the process group. Windows (``sig`` None): ``taskkill /F /T``."""
         if self.process is None:
             return
         if _IS_WINDOWS:
-            if sig == getattr(signal, "SIGKILL", None) or sig is None:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            else:
-                try:
-                    self.process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-                except (OSError, ValueError):
-                    pass
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                           **({"startupinfo": windows_startupinfo()}))
             return
         try:
             os.killpg(self.process.pid, sig)
         except ProcessLookupError:
             pass
 
-    def cancel(self, timeout: float = 10.0, block: bool = True) -> Optional[int]:
-        """Stop the whole process tree: SIGTERM to the group, SIGKILL after ``timeout`` seconds.
+    def _request_stop(self) -> None:
+        """The gentle stop: the cancel file (every platform), and SIGTERM where signals are used."""
+        if self.cancel_file is not None:
+            try:
+                self.cancel_file.write_text("cancel\n", encoding="utf-8")
+            except OSError:
+                pass
+        if self.use_signals and not _IS_WINDOWS:
+            self._signal_group(signal.SIGTERM)
 
-        The engine answers SIGTERM by saving a checkpoint and exiting with code 3. With
+    def _kill_group(self) -> None:
+        self._signal_group(None if _IS_WINDOWS else signal.SIGKILL)
+
+    def cancel(self, timeout: float = 10.0, block: bool = True) -> Optional[int]:
+        """Stop the whole process tree: the cancel file (and SIGTERM on POSIX), a kill after ``timeout`` s.
+
+        The engine answers either by saving a checkpoint and exiting with code 3. With
         ``block=False`` the escalation runs in a thread and this returns at once (for a GUI).
         Returns the exit code when blocking.
         """
@@ -515,10 +486,7 @@ class EngineProcess:
         self.cancel_requested = True
         if not self._group_alive() and self.process.poll() is not None:
             return self.wait(timeout=1.0)
-        if _IS_WINDOWS:
-            self._signal_group(None)  # taskkill /T /F: there is no gentle signal for a tree
-        else:
-            self._signal_group(signal.SIGTERM)
+        self._request_stop()
 
         def escalate() -> None:
             deadline = time.time() + timeout
@@ -526,10 +494,7 @@ class EngineProcess:
                 if self.process.poll() is not None and not self._group_alive():
                     return
                 time.sleep(0.05)
-            if _IS_WINDOWS:
-                self._signal_group(None)
-            else:
-                self._signal_group(signal.SIGKILL)
+            self._kill_group()
             # reap the leader; members of the group are reaped by their own parents/init
             try:
                 self.process.wait(timeout=5.0)

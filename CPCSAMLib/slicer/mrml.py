@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "export_job",
@@ -50,6 +50,12 @@ __all__ = [
     "add_volume_from_sitk",
     "export_volume",
     "model_classes",
+    "export_job_steps",
+    "segment_terminology",
+    "set_segment_terminology",
+    "remember_result",
+    "previous_result",
+    "RESULT_ROLE",
     "DEFAULT_COLORS",
     "MANIFEST_NAME",
     "JOB_NAME",
@@ -257,8 +263,11 @@ def add_volume_from_sitk(scene, image, name: str = "", labelmap: bool = False):
     return node
 
 
-def write_volume(image, path: Path) -> None:
-    """Write a SimpleITK image atomically (temporary file in the same folder, then rename)."""
+def write_volume(image, path: Path, compress: bool = True) -> None:
+    """Write a SimpleITK image atomically (temporary file in the same folder, then rename).
+
+    ``compress=False`` for the training job's copies: several times faster to write, read once.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -266,7 +275,7 @@ def write_volume(image, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix or ".nrrd", dir=str(path.parent))
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, True)
+        sitk.WriteImage(image, tmp, bool(compress))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -345,6 +354,23 @@ def _segment_table(segmentation_node) -> List[Tuple[str, str, Tuple[float, float
         segment = segmentation.GetSegment(segment_id)
         rows.append((segment_id, segment.GetName(), tuple(float(c) for c in segment.GetColor())))
     return rows
+
+
+def segment_terminology(segment) -> Optional[str]:
+    """The segment's terminology entry (the ``TerminologyEntry`` tag, Slicer >= 5.8), or None."""
+    import vtk
+
+    if segment is None:
+        return None
+    value = vtk.reference("")
+    if segment.GetTag(segment.GetTerminologyEntryTagName(), value) and str(value):
+        return str(value)
+    return None
+
+
+def set_segment_terminology(segment, entry: Optional[str]) -> None:
+    if entry:
+        segment.SetTag(segment.GetTerminologyEntryTagName(), str(entry))
 
 
 def _check_segmentation(segmentation_node, segment_ids, volume_node):
@@ -459,6 +485,25 @@ def export_job(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Op
                validation=None) -> Path:
     """Write a training job folder from MRML nodes; return the path of its ``manifest.json``.
 
+    All of :func:`export_job_steps` at once (see there).
+    """
+    steps = export_job_steps(scene, seg_logic, labeled, unlabeled, job_dir, config, validation)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def export_job_steps(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Optional[dict] = None,
+                     validation=None):
+    """:func:`export_job` one volume at a time: a generator for a GUI timer (one step per tick).
+
+    Yields ``{"phase": "segmentations" | "checking" | "writing", "done": i, "total": n, "name"}``
+    after each labelmap export, volume check and volume write; its return value (``StopIteration.value``) is the manifest path. Every
+    input is checked (phase "checking") before the first file is written. Stopping early (closing
+    the generator) during "writing" leaves a partial folder without ``manifest.json``.
+
     ``labeled``: ``[(volume_node, segmentation_node, segment_ids or None), ...]`` (``None`` = all
     segments, in their order); the chosen segments become the classes, values ``1..C`` in the
     order of the first pair, matched **by name** in the other pairs. ``unlabeled``: volume nodes.
@@ -492,8 +537,13 @@ def export_job(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Op
             chosen = _check_segmentation(segmentation_node, segment_ids, volume_node)
             names = [row[1] for row in chosen]
             if not classes:
+                segmentation = segmentation_node.GetSegmentation()
                 classes = [{"name": name, "value": i + 1, "color": [round(c, 4) for c in color]}
                            for i, (_, name, color) in enumerate(chosen)]
+                for c, (segment_id, _, _) in zip(classes, chosen):
+                    terminology = segment_terminology(segmentation.GetSegment(segment_id))
+                    if terminology:
+                        c["terminology"] = terminology
             else:
                 expected = [c["name"] for c in classes]
                 if sorted(names) != sorted(expected):
@@ -528,6 +578,8 @@ def export_job(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Op
                     f"'{_name(volume_node)}': no segmented voxel lies inside the volume. Pair each "
                     "volume with the segmentation drawn on it.")
             prepared.append((role, volume_node, segmentation_node, ordered_ids, label))
+            yield {"phase": "segmentations", "done": len(prepared), "total": len(labeled) + len(validation),
+                   "name": _name(segmentation_node)}
             if role == "labeled":
                 labeled_ids.add(volume_node.GetID())
 
@@ -540,15 +592,19 @@ def export_job(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Op
         raise InputError("The same volume is listed twice among the unlabeled volumes.")
 
     all_volumes = [p[1] for p in prepared] + unlabeled
+    total = len(all_volumes)
     axis = config.get("axis")
     if axis is not None and (isinstance(axis, bool) or axis not in (0, 1, 2)):
         raise InputError(f"axis must be 0, 1, 2 (x, y, z) or None, got {axis!r}")
 
-    images = [_scalar_volume_array(v) for v in all_volumes]
-    for volume_node, image in zip(all_volumes, images):
+    images = []
+    for done, volume_node in enumerate(all_volumes, 1):
+        image = _scalar_volume_array(volume_node)
         if image.size and image.min() == image.max():
             raise InputError(f"Volume '{_name(volume_node)}' is constant (every voxel is "
                              f"{image.flat[0]}); there is nothing to segment in it.")
+        images.append(image)
+        yield {"phase": "checking", "done": done, "total": total, "name": _name(volume_node)}
 
     # ---------------- writing ----------------
     job_dir = Path(job_dir)
@@ -569,7 +625,7 @@ def export_job(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Op
         index += 1
         image_rel = f"images/{stem}.nrrd"
         label_rel = f"labels/{stem}.nrrd"
-        write_volume(sitk_image_from_volume(volume_node, image), job_dir / image_rel)
+        write_volume(sitk_image_from_volume(volume_node, image), job_dir / image_rel, compress=False)
         write_volume(sitk_image_from_volume(volume_node, label.astype(label_dtype)), job_dir / label_rel)
         manifest[role].append({"image": image_rel, "label": label_rel})
         job[role].append({"image": image_rel, "label": label_rel,
@@ -577,14 +633,16 @@ def export_job(scene, seg_logic, labeled, unlabeled=(), job_dir=None, config: Op
                           "segmentation": segmentation_node.GetName(),
                           "segmentation_id": segmentation_node.GetID(),
                           "segment_ids": list(ordered_ids)})
+        yield {"phase": "writing", "done": index, "total": total, "name": _name(volume_node)}
     for volume_node, image in zip(unlabeled, images[len(prepared):]):
         stem = f"{index:03d}_{_safe_stem(volume_node.GetName())}"
         index += 1
         image_rel = f"images/{stem}.nrrd"
-        write_volume(sitk_image_from_volume(volume_node, image), job_dir / image_rel)
+        write_volume(sitk_image_from_volume(volume_node, image), job_dir / image_rel, compress=False)
         manifest["unlabeled"].append(image_rel)
         job["unlabeled"].append({"image": image_rel, "volume": volume_node.GetName(),
                                  "volume_id": volume_node.GetID()})
+        yield {"phase": "writing", "done": index, "total": total, "name": _name(volume_node)}
 
     _write_json(job, job_dir / JOB_NAME)
     manifest_path = job_dir / MANIFEST_NAME
@@ -624,7 +682,10 @@ def _normalise_classes(classes) -> List[dict]:
             color = tuple(v / 255.0 for v in color)
         if value == 0:
             raise InputError(f"Class '{name}' has value 0, which is the background.")
-        out.append({"name": name, "value": value, "color": color})
+        entry = {"name": name, "value": value, "color": color}
+        if c.get("terminology"):
+            entry["terminology"] = str(c["terminology"])
+        out.append(entry)
     values = [c["value"] for c in out]
     if len(set(values)) != len(values):
         raise InputError(f"Two classes share a label value: {values}")
@@ -682,6 +743,24 @@ def _place_in_subject_hierarchy(scene, node, reference) -> None:
         sh.CreateItem(parent, node)
     else:
         sh.SetItemParent(item, parent)
+
+
+#: Node reference role from a volume to the segmentation CPC-SAM last wrote for it.
+RESULT_ROLE = "CPCSAMResult"
+
+
+def remember_result(volume_node, segmentation_node) -> None:
+    """Record ``segmentation_node`` as the result of ``volume_node`` (saved with the scene)."""
+    volume_node.SetNodeReferenceID(RESULT_ROLE, segmentation_node.GetID())
+
+
+def previous_result(volume_node):
+    """The segmentation CPC-SAM last wrote for ``volume_node`` if it still exists, else None.
+
+    Apply reuses it on a rerun (its segments are replaced) instead of adding a new node.
+    """
+    node = volume_node.GetNodeReference(RESULT_ROLE) if volume_node is not None else None
+    return node if node is not None and node.IsA("vtkMRMLSegmentationNode") else None
 
 
 def check_target_segmentation(segmentation_node, overwrite: bool = False) -> None:
@@ -756,6 +835,7 @@ def load_result(scene, seg_logic, label_path, reference_volume, classes, segment
         mode = getattr(seg_logic, "MODE_REPLACE", 0)
         for c in classes:
             segment_id = segmentation.AddEmptySegment("", c["name"], list(c["color"]))
+            set_segment_terminology(segmentation.GetSegment(segment_id), c.get("terminology"))
             mask = array == c["value"]
             if mask.any():
                 oriented = _oriented_binary(mask, ijk_to_ras)
@@ -764,6 +844,7 @@ def load_result(scene, seg_logic, label_path, reference_volume, classes, segment
                                      f"segmentation '{_name(node)}'.")
         if created:
             _place_in_subject_hierarchy(scene, node, reference_volume)
+        remember_result(reference_volume, node)
     except BaseException:
         if created:
             for node_id in set(_node_ids(scene)) - before:
@@ -819,6 +900,8 @@ def _classes_from_json(path: Path) -> Optional[List[dict]]:
                 entry = {"name": c["name"], "value": int(c.get("value", i + 1))}
                 if c.get("color"):
                     entry["color"] = list(c["color"])
+                if c.get("terminology"):
+                    entry["terminology"] = str(c["terminology"])
                 out.append(entry)
             return out
     return None

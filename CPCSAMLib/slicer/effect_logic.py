@@ -17,7 +17,11 @@ so a model trained slice-wise sees the slices the effect gives it in the same or
 
 The slice view's plane picks the axis: the IJK axis closest to the view's normal (slice views
 are axis-aligned with the volume in the usual case; for an oblique view the closest IJK slice is
-used), and the slice index is the IJK slice closest to the view's plane.
+used), and the slice index is the IJK slice closest to the view's plane (:func:`locate_click`).
+
+Writing the result (:func:`write_slices_to_segment`) replaces the segment on the modified slices
+only: their voxels are first removed, then the new masks added, both restricted to the slices'
+extent (the Segment Editor's "Set" mode would clear the whole segment first).
 
 Propagation (:func:`propagate`) re-prompts each neighbouring slice with the centre point of the
 largest component of the previous slice's result (``prompts.largest_component`` /
@@ -28,17 +32,17 @@ after N slices in each direction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "closest_ijk_axis",
     "axis_alignment",
     "ras_to_ijk",
-    "slice_index",
+    "locate_click",
     "extract_slice",
     "slice_shape",
     "ijk_to_xy",
@@ -48,8 +52,11 @@ __all__ = [
     "PointPromptSession",
     "predict_mask",
     "propagate",
+    "propagation_steps",
+    "pick_model",
     "segment_with_points",
-    "labelmap_from_slices",
+    "modifier_for_slices",
+    "write_slices_to_segment",
 ]
 
 PredictFn = Callable[[np.ndarray, List[Tuple[float, float, int]]], np.ndarray]
@@ -100,15 +107,25 @@ def ras_to_ijk(ijk_to_ras, ras) -> np.ndarray:
     return (np.linalg.inv(np.asarray(ijk_to_ras, dtype=float)) @ point)[:3]
 
 
-def slice_index(ijk_to_ras, ras_point, axis: int, shape_kji: Sequence[int]) -> Optional[int]:
-    """Index along ``axis`` of the IJK slice closest to ``ras_point``; None outside the volume."""
-    axis = _check_axis(axis)
-    ijk = ras_to_ijk(ijk_to_ras, ras_point)
+def locate_click(ijk_to_ras, ras_point, slice_normal_ras, shape_kji: Sequence[int],
+                 origin: Sequence[int] = (0, 0, 0)) -> Optional[Tuple[int, int, Tuple[int, int]]]:
+    """Where a click on a slice view falls in the volume: ``(axis, index, (x, y))`` or None.
+
+    ``axis``: the IJK axis closest to the view's normal; ``index``: the IJK slice closest to the
+    click along it; ``(x, y)``: the pixel in that slice (see :func:`ijk_to_xy`). ``origin``: the
+    image's extent start ``(i0, j0, k0)`` (VTK images need not start at 0); indices are relative
+    to it. None when the click lies outside the volume.
+    """
+    axis = closest_ijk_axis(ijk_to_ras, slice_normal_ras)
+    ijk = ras_to_ijk(ijk_to_ras, ras_point) - np.asarray(origin, dtype=float)[:3]
     index = int(np.floor(ijk[axis] + 0.5))
-    size = int(shape_kji[2 - axis])
-    if index < 0 or index >= size:
+    if not 0 <= index < int(shape_kji[2 - axis]):
         return None
-    return index
+    x, y = ijk_to_xy(ijk, axis)
+    rows, cols = slice_shape(shape_kji, axis)
+    if not (0 <= x < cols and 0 <= y < rows):
+        return None
+    return axis, index, (x, y)
 
 
 # ---------------------------------------------------------------------------- slices
@@ -206,21 +223,21 @@ def predict_mask(predict: PredictFn, slice2d: np.ndarray, points, class_index: i
     return result == int(class_index)
 
 
-def propagate(predict: PredictFn, volume: np.ndarray, axis: int, start_index: int, start_mask: np.ndarray,
-              class_index: int, max_slices: int, directions: Iterable[int] = (1, -1)) -> Dict[int, np.ndarray]:
-    """Segment the neighbouring slices from ``start_mask`` on slice ``start_index``.
+def propagation_steps(predict: PredictFn, volume: np.ndarray, axis: int, start_index: int,
+                      start_mask: np.ndarray, class_index: int, max_slices: int,
+                      directions: Iterable[int] = (1, -1)) -> Iterator[Tuple[int, np.ndarray]]:
+    """The propagation one slice at a time: yields ``(index, bool mask)`` for each new slice.
 
     For each direction, the next slice is prompted with the centre point of the largest
     8-connected component of the previous slice's mask; it stops at the first empty prediction,
-    at the volume's border, or after ``max_slices`` slices. Returns ``{index: bool mask}``
-    (without the start slice).
+    at the volume's border, or after ``max_slices`` slices. A caller (the effect's timer) may
+    stop iterating at any time; each step is one model call.
     """
-    from .prompts import center_point, largest_component
+    from ..prompts import center_point, largest_component
 
     volume = _check_volume(volume)
     axis = _check_axis(axis)
     size = volume.shape[2 - axis]
-    results: Dict[int, np.ndarray] = {}
     for step in directions:
         previous = np.asarray(start_mask, dtype=bool)
         for n in range(1, int(max_slices) + 1):
@@ -234,9 +251,33 @@ def propagate(predict: PredictFn, volume: np.ndarray, axis: int, start_index: in
             mask = predict_mask(predict, extract_slice(volume, axis, index), [(x, y, class_index)], class_index)
             if not mask.any():
                 break
-            results[index] = mask
+            yield index, mask
             previous = mask
-    return results
+
+
+def propagate(predict: PredictFn, volume: np.ndarray, axis: int, start_index: int, start_mask: np.ndarray,
+              class_index: int, max_slices: int, directions: Iterable[int] = (1, -1)) -> Dict[int, np.ndarray]:
+    """All of :func:`propagation_steps` at once: ``{index: bool mask}`` (without the start slice)."""
+    return dict(propagation_steps(predict, volume, axis, start_index, start_mask, class_index, max_slices,
+                                  directions))
+
+
+def pick_model(current: Optional[str], history: Sequence[str]) -> Optional[str]:
+    """The model the effect should use: the latest trained one unless the chosen one is newer.
+
+    ``history``: the module's model path history, most recent first (``ctkPathLineEdit`` with
+    setting key ``CPCSAM/Model``, to which the module adds each trained model). The first
+    existing history entry replaces ``current`` when ``current`` is empty, missing, or older
+    (file modification time) than it.
+    """
+    import os
+
+    latest = next((p for p in history if p and os.path.isfile(p)), None)
+    if latest is None:
+        return current or None
+    if not current or not os.path.isfile(current):
+        return latest
+    return latest if os.path.getmtime(latest) > os.path.getmtime(current) else current
 
 
 def segment_with_points(predict: PredictFn, volume: np.ndarray, axis: int, index: int, points,
@@ -255,10 +296,58 @@ def segment_with_points(predict: PredictFn, volume: np.ndarray, axis: int, index
     return results
 
 
-def labelmap_from_slices(shape_kji: Sequence[int], axis: int, masks: Dict[int, np.ndarray]):
-    """``([K, J, I] uint8 labelmap, (first, last))`` holding ``masks`` (1 inside) on their slices."""
-    labelmap = np.zeros(tuple(int(s) for s in shape_kji), dtype=np.uint8)
+def modifier_for_slices(shape_kji: Sequence[int], axis: int, masks: Dict[int, np.ndarray]):
+    """The modifier labelmap of ``masks``, cropped to the slices they cover.
+
+    Returns ``(array, first, last)``: a uint8 ``[K, J, I]`` array spanning slices
+    ``first..last`` along ``axis`` (the whole volume along the other axes), 1 inside the masks.
+    """
+    if not masks:
+        raise InputError("no slice to write")
+    axis = _check_axis(axis)
+    first, last = min(masks), max(masks)
+    shape = [int(s) for s in shape_kji]
+    shape[2 - axis] = last - first + 1
+    array = np.zeros(shape, dtype=np.uint8)
     for index, mask in masks.items():
-        write_slice(labelmap, axis, index, mask, 1)
-    indices = sorted(masks)
-    return labelmap, (indices[0], indices[-1]) if indices else (None, None)
+        write_slice(array, axis, index - first, mask, 1)
+    return array, first, last
+
+
+def _oriented_image(array_kji: np.ndarray, extent, image_to_world):
+    """A ``vtkOrientedImageData`` holding ``array_kji`` on ``extent`` with the given geometry."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(*[int(e) for e in extent])
+    image.SetImageToWorldMatrix(image_to_world)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(array_kji).ravel()
+    image.Modified()
+    return image
+
+
+def write_slices_to_segment(modify: Callable, remove_mode: int, add_mode: int, shape_kji: Sequence[int],
+                            axis: int, masks: Dict[int, np.ndarray], origin: Sequence[int], image_to_world):
+    """Replace the selected segment on the slices of ``masks`` only; every other slice is kept.
+
+    ``modify(modifier, mode, extent)`` applies a modifier labelmap to the segment: in the effect
+    ``scriptedEffect.modifySelectedSegmentByLabelmap`` (with the effect's masking settings); in
+    tests ``vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap``. ``remove_mode``/``add_mode``:
+    that API's ``ModificationModeRemove``/``ModificationModeAdd``. ``origin``: the source image's
+    extent start ``(i0, j0, k0)``; ``image_to_world``: its ``vtkMatrix4x4``.
+
+    Two edits, both limited to the slices' extent: remove the segment's voxels on the modified
+    slices, then add the new masks (an empty mask leaves its slice empty). Returns the extent.
+    """
+    array, first, last = modifier_for_slices(shape_kji, axis, masks)
+    extent = list(slice_extent(shape_kji, axis, first, last, origin))
+    eraser = np.zeros_like(array)
+    for index in masks:
+        write_slice(eraser, axis, index - first, np.ones(slice_shape(shape_kji, axis), bool), 1)
+    modify(_oriented_image(eraser, extent, image_to_world), remove_mode, extent)
+    if array.any():
+        modify(_oriented_image(array, extent, image_to_world), add_mode, extent)
+    return tuple(extent)
