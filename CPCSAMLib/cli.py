@@ -35,7 +35,10 @@ class _EarlyStop:
         self.signal = signum
 
     def __call__(self) -> bool:
-        return self.signal is not None
+        """A signal, or the cancel file named by ``$CPCSAM_CANCEL_FILE`` (how Slicer cancels on every
+        platform: Windows has no SIGTERM that a process can handle)."""
+        cancel_file = os.environ.get("CPCSAM_CANCEL_FILE")
+        return self.signal is not None or bool(cancel_file and os.path.exists(cancel_file))
 
 
 _STOP = _EarlyStop()

@@ -95,10 +95,11 @@ class EmbeddingStore:
 class EmbeddingCache:
     """The embeddings of each slice, computed once (``views`` per slice: the original and augmented
     copies, labels augmented jointly), kept in bf16 (CPU) or fp16; with a ``store``, read from and
-    written to disk. ``check()`` runs before each batch of slices (cancel)."""
+    written to disk. ``check(done, total)`` runs before each batch of slices (cancel, progress), with
+    the number of embeddings done and to do."""
 
     def __init__(self, model, slices: ds.SliceSet, views: int, rng: np.random.Generator, device, amp_dtype,
-                 batch_size: int = 8, check: Optional[Callable[[], None]] = None,
+                 batch_size: int = 8, check: Optional[Callable[[int, int], None]] = None,
                  store: Optional[EmbeddingStore] = None) -> None:
         n = len(slices)
         self.views = views = max(1, views)
@@ -112,7 +113,7 @@ class EmbeddingCache:
                 for v in range(views):
                     for s in range(0, n, batch_size):
                         if check:
-                            check()
+                            check(v * n + s, views * n)
                         self._fill(slices, v, range(s, min(n, s + batch_size)), rng)
         finally:
             model.train()

@@ -168,11 +168,22 @@ def _resume_state(last_path: Path, cfg: TrainConfig, class_names) -> dict:
 def _embedding_caches(cfg, model, data: Data, bu: int, rng, device, amp_dtype, stop: StopFlag, main: bool, emit):
     t0 = time.time()
     store = EmbeddingStore(cfg.embedding_store, model, amp_dtype) if cfg.embedding_store and main else None
-    check = lambda: stop.check("embedding caching")  # noqa: E731
     views_l = cfg.labeled_views(len(data.labeled))
+    with_unlabeled = bool(bu and data.unlabeled is not None and len(data.unlabeled))
+    total = views_l * len(data.labeled) + (cfg.cache_views_unlabeled * len(data.unlabeled) if with_unlabeled else 0)
+    offset, last = [0], [0.0]
+
+    def check(done: int, _of: int) -> None:
+        """Cancel point and a ``caching`` progress event (at most one every 2 s)."""
+        stop.check("embedding caching")
+        if time.time() - last[0] >= 2.0:
+            last[0] = time.time()
+            emit("caching", done=offset[0] + done, total=total, seconds=round(time.time() - t0, 1))
+
     lab = EmbeddingCache(model, data.labeled, views_l, rng, device, amp_dtype, cfg.val_batch_size, check, store)
+    offset[0] = views_l * len(data.labeled)
     unl = None
-    if bu and data.unlabeled is not None and len(data.unlabeled):
+    if with_unlabeled:
         unl = EmbeddingCache(model, data.unlabeled, cfg.cache_views_unlabeled, rng, device, amp_dtype,
                              cfg.val_batch_size, check, store)
     emit("cached", slices=len(data.labeled) + (0 if unl is None else len(data.unlabeled)), views=views_l,

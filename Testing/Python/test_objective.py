@@ -13,7 +13,8 @@ from CPCSAMLib import losses  # noqa: E402
 from CPCSAMLib.modeling.backbones import build_backbone  # noqa: E402
 from CPCSAMLib.modeling.dual_sam import DualBranchSAM  # noqa: E402
 from CPCSAMLib.objective import CPCObjective  # noqa: E402
-from CPCSAMLib.train import TrainConfig, learning_rate  # noqa: E402
+from CPCSAMLib.config import TrainConfig  # noqa: E402
+from CPCSAMLib.training.schedule import learning_rate, warmup_length  # noqa: E402
 
 
 def _batch():
@@ -50,14 +51,18 @@ def test_step_runs_encoder_once_and_reaches_all_trainable_parts(method):
 
 
 def test_learning_rate_schedule():
-    cfg = TrainConfig(iterations=100, warmup_iters=10, lr=1e-3)
+    cfg = TrainConfig(iterations=100, warmup_iters=10, lr=1e-3, lr_decay="exp")
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert learning_rate(cfg, 9) == pytest.approx(1e-3)
     assert learning_rate(cfg, 10) == pytest.approx(1e-3)
     assert learning_rate(cfg, 100) == pytest.approx(1e-5)  # exponential to lr * 0.01
     poly = TrainConfig(iterations=100, warmup_iters=10, lr=1e-3, lr_decay="poly")
     assert learning_rate(poly, 55) == pytest.approx(1e-3 * 0.5 ** 0.9)
-    assert TrainConfig(iterations=10000).warmup == 5000 and TrainConfig(iterations=300).warmup == 150
+    assert learning_rate(poly, 100) == 0.0  # poly (the default) ends at 0
+    constant = TrainConfig(iterations=100, warmup_iters=10, lr=1e-3, lr_decay="constant")
+    assert learning_rate(constant, 99) == pytest.approx(1e-3)
+    assert learning_rate(poly, 55, horizon=200) > learning_rate(poly, 55)  # a longer horizon decays later
+    assert warmup_length(TrainConfig(), 10000) == 250 and warmup_length(TrainConfig(), 300) == 15
 
 
 def test_official_structure_three_rounds_each_with_encoder_and_whole_batch_decoders():
