@@ -45,7 +45,7 @@ _STOP = _EarlyStop()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEMO_DEFAULTS, add_config_argument, add_train_arguments
+    from .config import DEMO_DEFAULTS, SELF_PROMPT_DEFAULT, add_config_argument, add_train_arguments
 
     parser = argparse.ArgumentParser(prog="cpcsam", description=(
         "CPC-SAM: semi-supervised fine-tuning of SAM by cross prompting consistency "
@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
 
     p = sub.add_parser("predict", help="segment images or volumes with a trained model", description=(
-        "Unprompted prediction (mean softmax of both decoders), slice-wise for volumes, written as label images "
-        "with the source geometry and the class label values."))
+        "Prediction without user prompts (mean softmax of both decoders; by default self-prompted: the box of "
+        "each class's largest component prompts the decoders for the final mask), slice-wise for volumes, "
+        "written as label images with the source geometry and the class label values."))
     p.add_argument("--model", required=True, help="model_best.pt of a training run")
     p.add_argument("--input", required=True, nargs="+", help="image or volume files")
     p.add_argument("--output", required=True, help="output file (one input) or folder (several inputs, an "
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--sam-checkpoint", help="SAM backbone file, if it moved since training")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--self-prompt", action=argparse.BooleanOptionalAction, default=SELF_PROMPT_DEFAULT,
+                   help="prompt the decoders with the boxes (or centre points) of the unprompted result's largest "
+                        f"components (default: {SELF_PROMPT_DEFAULT})")
 
     p = sub.add_parser("evaluate", help="DSC, Jaccard, HD95, ASD of predictions against references", description=(
         "Per case and class metrics in physical units when spacing is known (pixels for PNG). Writes metrics.csv "
@@ -150,7 +154,7 @@ def _cmd_predict(args) -> int:
     for src, dst in zip(args.input, targets):
         if _STOP():
             raise Cancelled(f"stopped by a signal; {dst} and the outputs after it were not written")
-        predictor.predict_file(src, dst, args.axis, overwrite=True)
+        predictor.predict_file(src, dst, args.axis, overwrite=True, self_prompt=args.self_prompt)
         print(dst)
     return EXIT_OK
 

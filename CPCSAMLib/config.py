@@ -206,6 +206,10 @@ class TrainConfig:
 
 
 #: ``cpcsam demo``: a few minutes on CPU (frozen encoder, two views per image). The only other defaults.
+#: Inference default (predict, the Python API, Slicer's Apply): the unprompted result's boxes prompt
+#: the decoders for the final mask (see benchmarks/results for the measured difference).
+SELF_PROMPT_DEFAULT = True
+
 DEMO_DEFAULTS: Dict[str, Any] = {
     "iterations": 200, "batch_size": 4, "freeze_encoder": True, "cache_views": 2, "cache_views_unlabeled": 2,
     "warmup_iters": 10, "val_every": 10, "save_every": 50, "max_minutes": 8.0, "overwrite": True,

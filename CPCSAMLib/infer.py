@@ -20,6 +20,7 @@ import torch
 
 from . import io
 from .checkpoint import check_compatible, load_checkpoint
+from .config import SELF_PROMPT_DEFAULT
 from .errors import CheckpointError, InputError
 
 
@@ -102,7 +103,8 @@ class Predictor:
     # ---- unprompted -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_slices(self, slices: np.ndarray, batch_size: int = 8,
-                       progress: Optional[Callable[[int, int], None]] = None, self_prompt: bool = False) -> np.ndarray:
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       self_prompt: bool = SELF_PROMPT_DEFAULT) -> np.ndarray:
         """``[S, H, W]`` float slices (already normalised to [0, 1]) -> class indices ``[S, H, W]`` uint8."""
         out = np.zeros(slices.shape, np.uint8)
         n = slices.shape[0]
@@ -122,7 +124,8 @@ class Predictor:
         return out
 
     def predict_image(self, image: sitk.Image, axis: Optional[int] = None, batch_size: int = 8,
-                      progress: Optional[Callable[[int, int], None]] = None, self_prompt: bool = False) -> sitk.Image:
+                      progress: Optional[Callable[[int, int], None]] = None,
+                      self_prompt: bool = SELF_PROMPT_DEFAULT) -> sitk.Image:
         """A SimpleITK image (2D or 3D) -> label image with the class values and the source geometry."""
         if axis is None:
             axis = self.card.get("axis")
@@ -134,7 +137,7 @@ class Predictor:
         return io.from_slices(labels.astype(dtype), image, used)
 
     def predict_file(self, image_path: str | Path, output_path: str | Path, axis: Optional[int] = None,
-                     overwrite: bool = False, self_prompt: bool = False) -> Path:
+                     overwrite: bool = False, self_prompt: bool = SELF_PROMPT_DEFAULT) -> Path:
         """Reads, predicts and writes atomically. Refuses to replace an existing file unless ``overwrite``."""
         output_path = Path(output_path)
         if output_path.exists() and not overwrite:
