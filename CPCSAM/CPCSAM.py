@@ -644,7 +644,8 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             run = self.logic.startApply(modelPath, volumes, device=device,
-                                        outputs={volumes[0].GetID(): output} if output is not None else None)
+                                        outputs={volumes[0].GetID(): output} if output is not None else None,
+                                        selfPrompt=self.ui.selfPromptCheckBox.checked)
         except InputError as exc:
             slicer.util.errorDisplay(f"Cannot segment: {exc}")
             return
@@ -784,21 +785,23 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
             card = load_checkpoint(modelPath)["model_card"]
             return [{"name": c["name"], "value": int(c["value"])} for c in card["classes"]]
 
-    def startApply(self, modelPath, volumes, device="auto", outputs=None):
+    def startApply(self, modelPath, volumes, device="auto", outputs=None, selfPrompt=None):
         """A :class:`CPCSAMLib.slicer.runs.ApplyRun`: each volume segmented in a background process.
 
         ``outputs``: ``{volume ID: segmentation node}`` for chosen outputs; otherwise the result
-        of the volume's previous run is reused, else a new segmentation is made.
+        of the volume's previous run is reused, else a new segmentation is made. ``selfPrompt``:
+        True/False to choose self-prompted inference, None for the engine's default.
         """
         if not modelPath or not os.path.isfile(str(modelPath)):
             raise InputError(f"Model file {modelPath!r} does not exist.")
         self.run = cpcsamRuns.ApplyRun(self.scene, self.segmentationsLogic, modelPath, list(volumes),
                                        self.modelClasses(modelPath), device=cpcsamProcess.DEVICES.get(device, device),
                                        outputs=outputs, python_executable=self.enginePython(),
-                                       env=self.engineEnvironment())
+                                       env=self.engineEnvironment(), self_prompt=selfPrompt)
         return self.run
 
-    def apply(self, modelPath, volumeNode, segmentationNode=None, device="auto", overwrite=False, name=None):
+    def apply(self, modelPath, volumeNode, segmentationNode=None, device="auto", overwrite=False, name=None,
+              selfPrompt=None):
         """Console API: segment ``volumeNode`` with a trained model; returns the segmentation node.
 
         Runs ``python -m CPCSAMLib predict`` in a background process. The result goes into
@@ -811,7 +814,7 @@ class CPCSAMLogic(ScriptedLoadableModuleLogic):
             segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
             segmentationNode.CreateDefaultDisplayNodes()
         outputs = {volumeNode.GetID(): segmentationNode} if segmentationNode is not None else None
-        run = self.startApply(modelPath, [volumeNode], device=device, outputs=outputs)
+        run = self.startApply(modelPath, [volumeNode], device=device, outputs=outputs, selfPrompt=selfPrompt)
         cpcsamRuns.run_to_end(run, interval=0.1, on_poll=self._processEvents)
         if not run.succeeded:
             raise RuntimeError(f"CPC-SAM prediction failed: {run.error}")

@@ -115,11 +115,14 @@ def train_arguments(manifest, output, config, events=None) -> List[str]:
     return args
 
 
-def predict_arguments(model, inputs: Sequence, output, device: Optional[str] = None) -> List[str]:
-    """``predict`` arguments for the engine CLI."""
+def predict_arguments(model, inputs: Sequence, output, device: Optional[str] = None,
+                      self_prompt: Optional[bool] = None) -> List[str]:
+    """``predict`` arguments for the engine CLI (``self_prompt`` None: the engine's default)."""
     args = ["predict", "--model", str(model), "--input", *[str(p) for p in inputs], "--output", str(output)]
     if device:
         args += ["--device", str(device)]
+    if self_prompt is not None:
+        args.append("--self-prompt" if self_prompt else "--no-self-prompt")
     return args
 
 

@@ -183,7 +183,7 @@ class ApplyRun(_Run):
 
     def __init__(self, scene, seg_logic, model_path, volumes: Sequence, classes, device: str = "auto",
                  outputs: Optional[Dict[str, object]] = None, python_executable: Optional[str] = None,
-                 env: Optional[dict] = None, work_dir=None):
+                 env: Optional[dict] = None, work_dir=None, self_prompt: Optional[bool] = None):
         super().__init__()
         if not model_path or not Path(str(model_path)).is_file():
             raise InputError(f"Model file {model_path!r} does not exist.")
@@ -197,6 +197,7 @@ class ApplyRun(_Run):
         self.volumes = list(volumes)
         self.classes = classes
         self.device = device
+        self.self_prompt = self_prompt
         self.outputs = dict(outputs or {})
         self.python_executable, self.env = python_executable, env
         self._tmp = None
@@ -223,7 +224,7 @@ class ApplyRun(_Run):
                 folder = self.work_dir / f"{self.index:03d}"
                 inputs = mrml.export_volume(volume, folder / "input.nrrd")
                 self._label = folder / "label.nrrd"
-                args = engine.predict_arguments(self.model_path, [inputs], self._label, self.device)
+                args = engine.predict_arguments(self.model_path, [inputs], self._label, self.device, self.self_prompt)
                 self.process = engine.EngineProcess(args, events_path=folder / "events.jsonl",
                                                     python_executable=self.python_executable, env=self.env,
                                                     cwd=str(folder))

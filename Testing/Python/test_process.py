@@ -310,6 +310,13 @@ def test_argument_builders_and_default_python():
     assert predict_arguments("model.pt", ["a.nrrd", "b.nrrd"], "out", "cpu") == [
         "predict", "--model", "model.pt", "--input", "a.nrrd", "b.nrrd", "--output", "out",
         "--device", "cpu"]
+    assert predict_arguments("m.pt", ["a.nrrd"], "out", None, False)[-1] == "--no-self-prompt"
+    assert predict_arguments("m.pt", ["a.nrrd"], "out", None, True)[-1] == "--self-prompt"
+    from CPCSAMLib.cli import build_parser  # the engine's parser knows both spellings
+
+    for flag, value in (("--self-prompt", True), ("--no-self-prompt", False)):
+        args = build_parser().parse_args(["predict", "--model", "m.pt", "--input", "a.nrrd", "--output", "o", flag])
+        assert args.self_prompt is value
     assert train_arguments("m", "o", "j.json") == ["train", "--manifest", "m", "--output", "o", "--config", "j.json"]
     assert default_python_executable() == sys.executable  # plain Python: no PythonSlicer
 
