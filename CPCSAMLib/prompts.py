@@ -139,15 +139,8 @@ class PointPrompts:
         return coords, labels
 
 
-def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
-    """Centre and random point of the largest component of each class ``1..num_classes``.
-
-    ``maps``: ``[B, H, W]`` (or one ``[H, W]`` map) of class indices ``0..num_classes``, as a numpy
-    array or a torch tensor on any device. ``rng``: a ``np.random.Generator`` (or a seed; ``None``
-    = fresh entropy). Returns CPU tensors (see :class:`PointPrompts`); a class absent from a map
-    gets a padding point (label ``-1``, coordinates ``(0, 0)``) for both the centre and the
-    random point.
-    """
+def _label_maps(maps, num_classes: int) -> np.ndarray:
+    """``[B, H, W]`` numpy class-index maps from a map or a batch (numpy or torch, any device), checked."""
     if isinstance(maps, torch.Tensor):
         maps = maps.detach().to("cpu").numpy()
     maps = np.asarray(maps)
@@ -160,6 +153,19 @@ def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
     if maps.size and (maps.min() < 0 or maps.max() > num_classes):
         raise InputError(
             f"label maps hold values in [{maps.min()}, {maps.max()}], expected 0..{num_classes}")
+    return maps
+
+
+def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
+    """Centre and random point of the largest component of each class ``1..num_classes``.
+
+    ``maps``: ``[B, H, W]`` (or one ``[H, W]`` map) of class indices ``0..num_classes``, as a numpy
+    array or a torch tensor on any device. ``rng``: a ``np.random.Generator`` (or a seed; ``None``
+    = fresh entropy). Returns CPU tensors (see :class:`PointPrompts`); a class absent from a map
+    gets a padding point (label ``-1``, coordinates ``(0, 0)``) for both the centre and the
+    random point.
+    """
+    maps = _label_maps(maps, num_classes)
     rng = np.random.default_rng(rng)
 
     batch = maps.shape[0]
@@ -220,13 +226,7 @@ def _jitter(box: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
 def box_prompts_from_label_maps(maps, num_classes: int, rng=None, margin: float = 0.1) -> BoxPrompts:
     """Box of the largest component of each class ``1..num_classes`` (widened by ``margin``) and a
     jittered copy. ``maps`` as for :func:`points_from_label_maps`; returns CPU tensors."""
-    if isinstance(maps, torch.Tensor):
-        maps = maps.detach().to("cpu").numpy()
-    maps = np.asarray(maps)
-    if maps.ndim == 2:
-        maps = maps[None]
-    if maps.ndim != 3:
-        raise InputError(f"label maps must be [B, H, W], got shape {maps.shape}")
+    maps = _label_maps(maps, num_classes)
     if margin < 0:
         raise InputError(f"box margin must be >= 0, got {margin}")
     rng = np.random.default_rng(rng)
