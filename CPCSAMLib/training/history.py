@@ -1,9 +1,10 @@
 """Listeners that follow training for people: the history (and its curve) and the progress bar."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Optional
+
+from ..io import atomic_path
 
 LOSSES = ("loss", "loss_s", "loss_cross", "loss_c")
 
@@ -67,17 +68,16 @@ def plot_curves(history: Dict[str, list], path: Path) -> Optional[Path]:
     axes[0].legend()
     if history.get("val_iteration"):
         axes[1].plot(history["val_iteration"], history["val_dice"], marker="o")
+        axes[1].set_ylabel("validation Dice (mean over classes)")
+        axes[1].set_ylim(0, 1)
+    else:  # no validation set: the schedule instead of an empty panel
+        axes[1].plot(it, history.get("lr") or [], linewidth=1)
+        axes[1].set_ylabel("learning rate (no validation set)")
     axes[1].set_xlabel("iteration")
-    axes[1].set_ylabel("validation Dice (mean over classes)")
-    axes[1].set_ylim(0, 1)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
     return path
