@@ -76,7 +76,7 @@ def result_table(methods: Dict[str, List[dict]], mode: str, class_names: List[st
             continue
         metrics = [u["inference"][mode]["metrics"] for u in scored]
         cells = [f"{scored[0]['title']}" + (" (frozen encoder)" if scored[0]["config"].get("freeze_encoder") else ""),
-                 f"{scored[0]['num_labeled']}/{scored[0]['num_labeled'] + scored[0]['num_unlabeled']}",
+                 f"{scored[0]['num_labeled']}/{scored[0]['num_train']}",
                  ", ".join(str(u["seed"]) for u in scored), _mean_sd_text([m["dice"] for m in metrics])]
         if multi:
             cells += [_mean_sd_text([m["per_class"].get(c, {}).get("dice") for m in metrics]) for c in class_names]

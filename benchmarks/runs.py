@@ -115,6 +115,18 @@ def summary(rows: List[dict]) -> dict:
     return result
 
 
+def _score(predictor, plan: Plan, key: str, modes: List[str]) -> Dict[str, dict]:
+    scores: Dict[str, dict] = {}
+    for mode in modes:
+        rows, seconds_per_case = score_test_list(predictor, plan, mode)
+        csv_path = plan.output / "results" / f"{key}__{mode}_cases.csv"
+        write_reports(rows, csv_path, csv_path.with_name(f"{key}__{mode}_metrics.md"), unit=plan.layout.distance_unit)
+        scores[mode] = {"metrics": summary(rows), "seconds_per_case": seconds_per_case, "cases_csv": str(csv_path),
+                        "rows": rows}
+        log(f"{key}: {mode} DSC {scores[mode]['metrics']['dice']:.2f}")
+    return scores
+
+
 def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed: int, inference: List[str],
              checkpoint: str, force: bool) -> dict:
     """Trains and scores one (method, labeled list, seed); returns its result (kept if it exists)."""
@@ -122,11 +134,18 @@ def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed
 
     key = unit_key(method, labeled_stem, seed)
     result_path = plan.output / "results" / f"{key}.json"
-    if not force and result_path.is_file():
-        old = read_json(result_path) or {}
+    old = None if force else read_json(result_path)
+    if old is not None:
         missing = [m for m in inference if m not in old.get("inference", {})]
         if not missing:
             log(f"{key}: kept {result_path} (--force to redo)")
+            return old
+        if old.get("model") and Path(old["model"]).is_file():  # trained already: score the new modes only
+            log(f"{key}: kept the trained model, scoring {', '.join(missing)}")
+            predictor = Predictor.from_checkpoint(old["model"], old["config"]["device"],
+                                                  precision=old["config"]["precision"])
+            old["inference"].update(_score(predictor, plan, key, missing))
+            write_json(result_path, old)
             return old
     config = unit_config(base, plan, method, seed)
     manifest = plan.manifest(labeled_stem, with_unlabeled=method != "supervised")
@@ -154,18 +173,12 @@ def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed
     predictor = Predictor.from_checkpoint(model_path, config.device, precision=config.precision)
     store = read_json(plan.output / "results" / "embedding_store.json") or {}
     charged = (cached.get("store_hits") or 0) * (store.get("seconds_per_slice") or 0.0)
-    scores: Dict[str, dict] = {}
-    for mode in inference:
-        rows, seconds_per_case = score_test_list(predictor, plan, mode)
-        csv_path = plan.output / "results" / f"{key}__{mode}_cases.csv"
-        write_reports(rows, csv_path, csv_path.with_name(f"{key}__{mode}_metrics.md"), unit=plan.layout.distance_unit)
-        scores[mode] = {"metrics": summary(rows), "seconds_per_case": seconds_per_case, "cases_csv": str(csv_path),
-                        "rows": rows}
-        log(f"{key}: {mode} DSC {scores[mode]['metrics']['dice']:.2f}")
+    scores = _score(predictor, plan, key, inference)
     step = median(step_seconds)
     result = {
         "method": method, "title": TITLES[method], "seed": seed, "labeled_list": plan.labeled_files[labeled_stem],
         "labeled_key": labeled_stem, "num_labeled": len(manifest.labeled), "num_unlabeled": len(manifest.unlabeled),
+        "num_train": len(plan.labeled[labeled_stem]) + len(plan.unlabeled[labeled_stem]),
         "test_list": plan.test_list, "test_cases": len(plan.test), "test_total": plan.test_total,
         "checkpoint": checkpoint, "config": dataclasses.asdict(config), "status": trained.status,
         "iterations_done": trained.iteration, "train_seconds": train_seconds,
