@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from CPCSAMLib.io import write_text_atomic
 
 
@@ -20,11 +22,8 @@ def log(message: str) -> None:
 
 def json_ready(value: Any) -> Any:
     """Non-finite floats become None, numpy scalars Python numbers, tuples lists."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            pass
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -82,7 +82,7 @@ def result_table(methods: Dict[str, List[dict]], mode: str, class_names: List[st
             cells += [_mean_sd_text([m["per_class"].get(c, {}).get("dice") for m in metrics]) for c in class_names]
         nan_hd = sum(m.get("hd95_nan", 0) for m in metrics)
         cells += [fmt(_mean([m["jaccard"] for m in metrics])),
-                  fmt(_mean([m["hd95"] for m in metrics])) + (f" ({nan_hd} NaN)" if nan_hd else ""),
+                  fmt(_mean([m["hd95"] for m in metrics])) + (f" ({nan_hd / len(metrics):g} NaN per seed)" if nan_hd else ""),
                   fmt(_mean([m["asd"] for m in metrics])),
                   f"{fmt(_mean([m['empty_predictions'] for m in metrics]), 1)} of {metrics[0]['cases'] * len(class_names)}",
                   ", ".join(f"{u['iterations_done']}" + ("" if u["status"] == "completed" else f" ({u['status']})")

@@ -125,7 +125,7 @@ def test_busi_report_has_seed_spread_and_paired_differences(busi_run):
     assert "| 0, 1 |" in cpcsam_row and " ± " in cpcsam_row
     paired = next(line for line in table.splitlines() if line.startswith("| CPC-SAM - labeled-only | 2 |"))
     assert re.search(r"\| \[-?\d+\.\d\d, -?\d+\.\d\d\] \| \d / \d / \d \| 0, 1 vs 0, 1 \|", paired), paired
-    assert "2 of 2 other cases of the train list, drawn with the fixed seed 0" in report
+    assert "2 of the 421 other cases of the train list, drawn with the fixed seed 0" in report
     assert "Scored on `val.txt`: 2 of 86 cases (a subset: --max-test)" in report
     assert "**last** one" not in report and "No validation list: the scored model is the last one." in report
     assert "Paper, Table 1" in report and "71.20" in report
@@ -179,3 +179,24 @@ def test_bad_input_exits_2(tmp_path, busi_dir, repo_root, extra, message):
     args = ["--data", busi_dir] if "--data" not in extra else []
     r = _bench(repo_root, *args, "--output", tmp_path / "o", "--methods", "cpcsam", *extra, timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+
+
+def test_speed_only_times_both_training_structures_and_inference(tmp_path, busi_dir, repo_root):
+    out = tmp_path / "out"
+    r = _bench(repo_root, "--data", busi_dir, "--output", out, "--speed-only", "--batch-size", "2", "--max-test", "2",
+               "--unlabeled-limit", "2", "--speed-repeats", "1", "--speed-warmup", "0", "--num-threads", "1",
+               "--explore", "cached_embeddings")
+    assert r.returncode == 0, r.stderr[-3000:]
+    speed = json.loads((out / "results" / "speed.json").read_text())
+    for kind in ("engine", "official"):
+        assert "error" not in speed[kind], speed[kind]
+        assert _finite(speed[kind]["seconds_per_step"], speed[kind]["peak_rss_mb"]) and speed[kind]["batch_size"] == 2
+        assert speed[kind]["peak_rss_mb"] > 100
+    assert _finite(speed["ratio_official_over_engine"]) and speed["ratio_official_over_engine"] > 0
+    assert speed["inference"]["seconds_per_slice"] > 0 and speed["inference"]["slices"] == 2
+    cached = json.loads((out / "results" / "exploration.json").read_text())["rows"]["cached_embeddings"]
+    assert "error" not in cached, cached
+    assert _finite(cached["seconds_per_step"], cached["encode_seconds_per_image"])
+    report = (out / "report.md").read_text()
+    assert "## Speed: engine step vs the official code's structure" in report
+    assert "decoder-only step on cached embeddings" in report and not PROJECT_WORDS.search(report)
