@@ -11,7 +11,7 @@ from CPCSAMLib.io import write_text_atomic
 
 from . import speed, stats
 from .common import fmt, log, read_json
-from .runs import TRAINED_METHODS, load_unit_results
+from .runs import TRAINED_METHODS, config_differences, load_unit_results
 from .zeroshot import VARIANTS as ZEROSHOT_VARIANTS
 
 ROW_ORDER = ("supervised", "cps", "cross_prompting", "cpcsam")
@@ -165,7 +165,14 @@ def _setup_lines(run: dict, units: List[dict]) -> List[str]:
                  "same configuration; the seed sets the model's initialisation, the batches and the augmentation.")
     config = units[0]["config"] if units else run.get("config", {})
     shown = ", ".join(f"{k}={config[k]}" for k in CONFIG_KEYS if k in config)
-    lines.append(f"- Training configuration (the same for every method; {run.get('budget_text')}): {shown}.")
+    differing = sorted({k for u in units[1:] for k in config_differences(config, u["config"])})
+    if differing:
+        lines.append(f"- Training configuration of the first run ({run.get('budget_text')}): {shown}. **The runs "
+                     f"differ in {', '.join(differing)}**: they were trained with other options (rerun with --force "
+                     "for a like-for-like comparison).")
+    else:
+        lines.append(f"- Training configuration (the same for every method and seed; {run.get('budget_text')}): "
+                     f"{shown}.")
     lines.append(f"- Inference: {'; '.join(MODE_TITLES[m] for m in run.get('inference', []))}.")
     machine = run.get("machine") or {}
     lines.append(f"- Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {fmt(machine.get('ram_gb'), 1)} GB "

@@ -43,6 +43,16 @@ def unit_config(base: TrainConfig, plan: Plan, method: str, seed: int) -> TrainC
     return dataclasses.replace(base, **changes)
 
 
+# options that differ between the units of one comparison by design, or that do not change the model
+PER_UNIT_OPTIONS = ("method", "seed", "embedding_store", "device", "num_threads", "resume", "axis")
+
+
+def config_differences(first: dict, second: dict) -> List[str]:
+    """Names of the training options that differ between two units' configurations."""
+    keys = sorted((set(first) | set(second)) - set(PER_UNIT_OPTIONS))
+    return [k for k in keys if first.get(k) != second.get(k)]
+
+
 def prepare_embedding_store(base: TrainConfig, plan: Plan, force: bool) -> Optional[dict]:
     """Frozen-encoder mode: encodes the original training slices once into the store every run reads.
     The measured seconds per slice are charged to each run for the embeddings it read, so a run's
@@ -134,8 +144,12 @@ def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed
 
     key = unit_key(method, labeled_stem, seed)
     result_path = plan.output / "results" / f"{key}.json"
+    config = unit_config(base, plan, method, seed)
     old = None if force else read_json(result_path)
     if old is not None:
+        changed = config_differences(old.get("config", {}), dataclasses.asdict(config))
+        if changed:
+            log(f"{key}: kept {result_path}, trained with other options ({', '.join(changed)}); --force to redo")
         missing = [m for m in inference if m not in old.get("inference", {})]
         if not missing:
             log(f"{key}: kept {result_path} (--force to redo)")
@@ -147,7 +161,6 @@ def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed
             old["inference"].update(_score(predictor, plan, key, missing))
             write_json(result_path, old)
             return old
-    config = unit_config(base, plan, method, seed)
     manifest = plan.manifest(labeled_stem, with_unlabeled=method != "supervised")
     run_dir = plan.output / "runs" / key
     step_seconds: List[float] = []

@@ -200,3 +200,37 @@ def test_speed_only_times_both_training_structures_and_inference(tmp_path, busi_
     report = (out / "report.md").read_text()
     assert "## Speed: engine step vs the official code's structure" in report
     assert "decoder-only step on cached embeddings" in report and not PROJECT_WORDS.search(report)
+
+
+def test_report_from_hand_made_results(tmp_path):
+    """The report's seed spread, paired line and configuration check, computed from hand-made unit files."""
+    from benchmarks.common import write_json
+    from benchmarks.report import build_report
+    from benchmarks.runs import summary
+
+    def unit(method, seed, dice_a, dice_b, lr=1e-3):
+        rows = [{"case": case, "class": "lesion", "dice": d, "jaccard": d / 2, "hd95": 10.0, "asd": 3.0,
+                 "pred_voxels": 50, "gt_voxels": 60} for case, d in (("a", dice_a), ("b", dice_b))]
+        return {"method": method, "title": {"supervised": "Labeled-only", "cpcsam": "CPC-SAM"}[method], "seed": seed,
+                "labeled_key": "labeled_10", "labeled_list": "labeled_10.txt", "num_labeled": 10, "num_train": 431,
+                "num_unlabeled": 0 if method == "supervised" else 421, "status": "completed", "iterations_done": 400,
+                "train_seconds": 600.0, "config": {"method": method, "seed": seed, "lr": lr, "iterations": 400},
+                "history": {"iteration": [1, 2], "loss": [2.0, 1.0]},
+                "inference": {"unprompted": {"metrics": summary(rows), "rows": rows}}}
+
+    results = tmp_path / "results"
+    write_json(results / "run.json", {"dataset": "busi", "class_names": ["lesion"], "distance_unit": "px",
+                                      "seeds": [0, 1], "inference": ["unprompted"], "test_list": "val.txt",
+                                      "test_cases": 2, "test_total": 2})
+    # labeled-only: case a 0.50/0.60, b 0.40/0.40 -> per-seed means 45, 50; CPC-SAM: a 0.70/0.80, b 0.40/0.30
+    for method, seed, a, b in (("supervised", 0, 0.5, 0.4), ("supervised", 1, 0.6, 0.4),
+                               ("cpcsam", 0, 0.7, 0.4), ("cpcsam", 1, 0.8, 0.3)):
+        write_json(results / f"{method}__labeled_10__seed{seed}.json", unit(method, seed, a, b))
+    report = build_report(tmp_path)
+    assert "| Labeled-only | 10/431 | 0, 1 | 47.50 ± 3.54 |" in report  # per-seed means 45 and 50
+    assert "| CPC-SAM | 10/431 | 0, 1 | 55.00 ± 0.00 |" in report
+    # per case over seeds: a 75 - 55 = +20, b 35 - 40 = -5 -> mean 7.5; two cases: interval [-5, 20]
+    assert "| CPC-SAM - labeled-only | 2 | 7.50 | [-5.00, 20.00] | 1 / 1 / 0 | 0, 1 vs 0, 1 |" in report
+    assert "the same for every method and seed" in report and not PROJECT_WORDS.search(report)
+    write_json(results / "cpcsam__labeled_10__seed1.json", unit("cpcsam", 1, 0.8, 0.3, lr=5e-4))
+    assert "**The runs differ in lr**" in build_report(tmp_path)
