@@ -348,7 +348,7 @@ def _exploration_lines(data: dict) -> List[str]:
     ex = (data.get("exploration") or {}).get("rows") or {}
     sp = data.get("speed") or {}
     if not ex:
-        return ["Not measured (--no-speed or --explore none)."]
+        return ["Not measured (no --explore rows)."]
     ref = (sp.get("engine") or {}).get("seconds_per_step")
     cores = (sp.get("machine") or {}).get("cores")
     lines = ["| configuration | s/step | images/s | vs engine default | peak RSS (MiB) | load avg | note |",
@@ -470,7 +470,7 @@ def _load_warning(rows: Iterable[dict], cores: Optional[int]) -> List[str]:
 
 def _speed_lines(sp: Optional[dict]) -> List[str]:
     if not sp:
-        return ["Not measured (--no-speed)."]
+        return ["Not measured (no --speed)."]
     e, o, inf = sp.get("engine", {}), sp.get("official", {}), sp.get("inference", {})
 
     def mem(r):
