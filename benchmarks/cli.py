@@ -13,7 +13,7 @@ from CPCSAMLib.errors import Cancelled, InputError
 
 from .common import log, machine_info, package_versions, write_json
 from .data import LAYOUTS, UNLABELED_SUBSET_SEED, make_plan
-from .engine import add_train_arguments, config_from_args
+from CPCSAMLib.config import add_train_arguments, config_from_args
 from .runs import INFERENCE_MODES, TRAINED_METHODS, prepare_embedding_store, run_unit, unit_key
 
 METHODS = TRAINED_METHODS + ("zeroshot",)

@@ -18,8 +18,10 @@ from CPCSAMLib.metrics import case_metrics, summarize, write_reports
 
 from .common import cpu_cores, log, median, read_json, write_json
 from .data import Plan, case_name, load_case
-from .engine import (EmbeddingCache, EmbeddingStore, TrainConfig, autocast_dtype, build_model, prepare_cpu,
-                     run_training, select_device)
+from CPCSAMLib.config import TrainConfig
+from CPCSAMLib.runtime import autocast_dtype, build_model, prepare_cpu, select_device
+from CPCSAMLib.training import run_training
+from CPCSAMLib.training.embeddings import EmbeddingCache, EmbeddingStore
 
 TRAINED_METHODS = ("supervised", "cpcsam", "cross_prompting", "cps")
 INFERENCE_MODES = ("unprompted", "self_prompt")

@@ -39,7 +39,7 @@ def resolved_precision(precision: str, device_name: str) -> str:
     """``fp32`` or ``bf16``/``fp16``: the autocast the engine uses on this machine."""
     import torch
 
-    from .engine import autocast_dtype, select_device
+    from CPCSAMLib.runtime import autocast_dtype, select_device
 
     dtype = autocast_dtype(precision, select_device(device_name))
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
@@ -81,7 +81,9 @@ def _run_worker(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from .engine import CPCObjective, build_model, select_device, sequential_update, tune_allocator
+    from CPCSAMLib.objective import CPCObjective
+    from CPCSAMLib.runtime import build_model, select_device, tune_allocator
+    from CPCSAMLib.training.step import sequential_update
 
     tune_allocator()
     torch.set_num_threads(int(spec["threads"]))
@@ -105,8 +107,9 @@ def _run_worker(spec: dict) -> dict:
         from CPCSAMLib.infer import Predictor
 
         classes = [{"name": name, "value": value} for name, value in spec["classes"]]
-        predictor = Predictor(model, {"classes": classes, "input_size": model.input_size, "percentiles": None},
-                              device, spec["precision_option"])
+        card = {"classes": classes, "input_size": model.input_size, "percentiles": None, "backbone": "litemedsam",
+                "prompt_type": "box", "box_margin": 0.1}
+        predictor = Predictor(model, card, device, spec["precision_option"])
         imgs = [io.normalize(io.to_slices(io.load_image(p))[0])[0] for p in spec["test_images"]]
         shape = imgs[0].shape
         slices = np.stack([io.resize(a, shape, is_label=False) for a in imgs])
@@ -251,7 +254,7 @@ def threads_of(args) -> int:
 
 def _default_channels_last(args) -> bool:
     """The engine runs the encoder channels-last on the CPU (DualBranchSAM.set_channels_last)."""
-    from .engine import select_device
+    from CPCSAMLib.runtime import select_device
 
     return select_device(args.device).type == "cpu"
 

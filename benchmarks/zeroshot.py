@@ -14,7 +14,7 @@ from CPCSAMLib.metrics import case_metrics, write_reports
 
 from .common import log, read_json, write_json
 from .data import Plan, case_name, load_case
-from .engine import autocast_dtype, select_device
+from CPCSAMLib.runtime import autocast_dtype, select_device
 from .runs import summary
 
 VARIANTS = ("zeroshot_point", "zeroshot_point_multimask", "zeroshot_box")
