@@ -45,7 +45,10 @@ def learning_rate(cfg: TrainConfig, it: int, horizon: Optional[int] = None) -> f
 
 class HorizonEstimator:
     """With ``max_minutes``: after ``timed`` iterations (the first one, which warms caches up, is not
-    timed) the horizon becomes min(iterations, iterations that fit into the remaining time)."""
+    timed) the horizon becomes min(iterations, iterations that fit into the remaining time). When
+    the supervised warm-up is still running then, its steps (labeled images only) are cheaper than
+    the ones that follow, so the horizon is measured once more, ``timed`` iterations after the
+    first step with unlabeled images."""
 
     def __init__(self, cfg: TrainConfig, start_time: float, start_iteration: int, timed: int = 3) -> None:
         self.cfg, self.start_time, self.timed = cfg, start_time, timed
@@ -53,9 +56,11 @@ class HorizonEstimator:
         self.fixed = cfg.max_minutes is None
         self._first = start_iteration + 1  # the iteration whose end starts the clock
         self._clock: Optional[float] = None
+        self._measured = 0
 
     def after_iteration(self, it: int, now: Optional[float] = None) -> Optional[dict]:
-        """Call after iteration ``it`` (1-based count) ends; returns the event fields once."""
+        """Call after iteration ``it`` (1-based count) ends; returns the event fields when the
+        horizon is (re)measured."""
         if self.fixed:
             return None
         now = time.time() if now is None else now
@@ -69,4 +74,8 @@ class HorizonEstimator:
         fit = it + int(max(0.0, remaining) / max(per_iteration, 1e-9))
         self.horizon = max(it, min(self.cfg.iterations, fit))
         self.fixed = True
+        self._measured += 1
+        warmup_end = supervised_iterations(self.cfg, self.horizon)
+        if self._measured == 1 and self.cfg.method != "supervised" and warmup_end >= it:
+            self._first, self._clock, self.fixed = warmup_end + 1, None, False
         return {"iteration": it, "horizon": self.horizon, "seconds_per_iteration": round(per_iteration, 4)}

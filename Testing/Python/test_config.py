@@ -187,7 +187,19 @@ def test_horizon_is_sized_from_the_measured_step_time():
     assert h.after_iteration(2, now=62.0) is None and h.after_iteration(3, now=64.0) is None
     event = h.after_iteration(4, now=66.0)  # 2 s per iteration, 534 s left -> 267 more
     assert event == {"iteration": 4, "horizon": 271, "seconds_per_iteration": 2.0} and h.horizon == 271
-    assert h.after_iteration(5, now=68.0) is None  # emitted once
+    assert h.after_iteration(5, now=68.0) is None
+    # the supervised warm-up (10 % of 271: 27 iterations) is cheaper: measured again after it
+    assert all(h.after_iteration(i, now=68.0 + 2 * (i - 5)) is None for i in range(6, 28))
+    assert h.after_iteration(28, now=200.0) is None  # the first step with unlabeled images starts the clock
+    assert h.after_iteration(30, now=208.0) is None
+    again = h.after_iteration(31, now=212.0)  # 4 s per iteration, 388 s left -> 97 more
+    assert again == {"iteration": 31, "horizon": 128, "seconds_per_iteration": 4.0} and h.horizon == 128
+    assert h.after_iteration(32, now=216.0) is None  # measured twice at most
+    labeled_only = HorizonEstimator(TrainConfig(iterations=10000, max_minutes=10.0, method="supervised"), 0.0, 0)
+    for i, t in ((1, 60.0), (2, 62.0), (3, 64.0)):
+        labeled_only.after_iteration(i, now=t)
+    assert labeled_only.after_iteration(4, now=66.0)["horizon"] == 271
+    assert labeled_only.after_iteration(40, now=100.0) is None  # no warm-up to measure again
     fixed = HorizonEstimator(TrainConfig(iterations=50), 0.0, 0)
     assert fixed.after_iteration(4, now=1.0) is None and fixed.horizon == 50
 
