@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
 import shlex
 import sys
@@ -99,14 +98,6 @@ def _run_record(args, plan, config, seeds: List[int]) -> dict:
     }
 
 
-def _check_inference(modes: List[str]) -> None:
-    from CPCSAMLib.infer import Predictor
-
-    if "self_prompt" in modes and "self_prompt" not in inspect.signature(Predictor.predict_image).parameters:
-        raise InputError("--inference self_prompt: this engine's Predictor.predict_image has no self_prompt "
-                         "argument; use --inference unprompted")
-
-
 def run(args) -> int:
     from .report import write_report
 
@@ -121,7 +112,6 @@ def run(args) -> int:
         raise InputError("--speed-repeats must be >= 1 and --speed-warmup >= 0")
     config = config_from_args(args)
     seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else [config.seed]))
-    _check_inference(args.inference)
     write_json(plan.output / "results" / "run.json", _run_record(args, plan, config, seeds))
     failures: List[str] = []
     if args.speed or args.speed_only:

@@ -4,7 +4,6 @@ unlabeled cases), the paired statistics on hand-computed numbers, and the report
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 import os
@@ -16,15 +15,13 @@ import pytest
 
 from benchmarks import stats
 from benchmarks.data import choose_unlabeled
-from CPCSAMLib.infer import Predictor
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_WAIT_POLICY": "PASSIVE"}
 TINY = ["--iterations", "2", "--batch-size", "2", "--max-test", "2", "--freeze-encoder",
-        "--cache-views", "1", "--num-threads", "1"]
+        "--cache-views", "1", "--threads", "1"]
 HIPPOCAMPUS = ["--labeled-list", "labeled_1.txt", "--unlabeled-limit", "1", "--methods", "cpcsam", "zeroshot",
                "--seeds", "0", *TINY, "--max-test", "1"]  # a volume is ~35 slices
-SELF_PROMPT = "self_prompt" in inspect.signature(Predictor.predict_image).parameters
-INFERENCE = ["unprompted", "self_prompt"] if SELF_PROMPT else ["unprompted"]
+INFERENCE = ["unprompted", "self_prompt"]
 PROJECT_WORDS = re.compile(r"\bissues?\b|\btargets?\b|\bticket\b|\bTODO\b", re.IGNORECASE)
 
 
@@ -174,7 +171,7 @@ def test_rerun_keeps_every_unit(hippocampus_run, shared_data_dir, repo_root):
     (["--data", "/nonexistent/folder"], "is not a folder"),
     (["--checkpoint", "best"], "--checkpoint best needs --val-list"),
     (["--labeled-list", "val.txt"], "are not in train.txt"),
-] + ([] if SELF_PROMPT else [(["--inference", "self_prompt"], "no self_prompt argument")]))
+])
 def test_bad_input_exits_2(tmp_path, busi_dir, repo_root, extra, message):
     args = ["--data", busi_dir] if "--data" not in extra else []
     r = _bench(repo_root, *args, "--output", tmp_path / "o", "--methods", "cpcsam", *extra, timeout=120)
@@ -184,7 +181,7 @@ def test_bad_input_exits_2(tmp_path, busi_dir, repo_root, extra, message):
 def test_speed_only_times_both_training_structures_and_inference(tmp_path, busi_dir, repo_root):
     out = tmp_path / "out"
     r = _bench(repo_root, "--data", busi_dir, "--output", out, "--speed-only", "--batch-size", "2", "--max-test", "2",
-               "--unlabeled-limit", "2", "--speed-repeats", "1", "--speed-warmup", "0", "--num-threads", "1",
+               "--unlabeled-limit", "2", "--speed-repeats", "1", "--speed-warmup", "0", "--threads", "1",
                "--explore", "cached_embeddings")
     assert r.returncode == 0, r.stderr[-3000:]
     speed = json.loads((out / "results" / "speed.json").read_text())
