@@ -211,8 +211,8 @@ class TrainConfig:
 SELF_PROMPT_DEFAULT = True
 
 DEMO_DEFAULTS: Dict[str, Any] = {
-    "iterations": 200, "batch_size": 4, "freeze_encoder": True, "cache_views": 2, "cache_views_unlabeled": 2,
-    "warmup_iters": 10, "val_every": 10, "save_every": 50, "max_minutes": 8.0, "overwrite": True,
+    "batch_size": 4, "freeze_encoder": True, "cache_views": 4, "supervised_warmup": 0.5, "lr": 2e-3,
+    "val_every": 10, "save_every": 50, "max_minutes": 10.0, "overwrite": True,
 }
 
 
