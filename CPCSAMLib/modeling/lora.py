@@ -8,7 +8,7 @@ TinyViT (LiteMedSAM) per head as ``[q_h, k_h, v_h]``. The caller passes the indi
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List
 
 import torch
 from torch import nn
@@ -91,8 +91,3 @@ def apply_lora(encoder: nn.Module, rank: int, kind: str) -> List[LoRAQKV]:
     if not inserted:
         raise ValueError("no attention qkv layer found: LoRA could not be applied")
     return inserted
-
-
-def lora_parameters(modules: Sequence[LoRAQKV]) -> List[nn.Parameter]:
-    """The trainable parameters of the given LoRA modules."""
-    return [p for m in modules for n, p in m.named_parameters() if n.startswith("lora_")]
