@@ -76,8 +76,9 @@ class TrainConfig:
                                            "backbones", kind=str, optional=True, metavar="FILE", group="model")
     lora_rank: int = option(4, "--lora-rank", "LoRA rank on the encoder's q and v", kind=int, check=_at_least(1),
                             group="model")
-    decoder_init: str = option("pretrained", "--decoder-init", "decoders initialised from SAM's decoder (official "
-                               "code) or randomly (paper)", kind=str, choices=("pretrained", "random"), group="model")
+    decoder_init: str = option("pretrained", "--decoder-init", "decoders initialised from the backbone's decoder "
+                               "(SAM's token layout; decoder 1 reads mask token 0, decoder 2 token 1) or randomly "
+                               "(the paper and the official code)", kind=str, choices=("pretrained", "random"), group="model")
     prompt_type: str = option("auto", "--prompt-type", "prompts made from a decoder's prediction: box or point; "
                               "auto = box for litemedsam, point for SAM ViT", kind=str,
                               choices=("auto", "box", "point"), group="model")
