@@ -82,6 +82,10 @@ class TrainConfig:
     prompt_type: str = option("auto", "--prompt-type", "prompts made from a decoder's prediction: box or point; "
                               "auto = box for litemedsam, point for SAM ViT", kind=str,
                               choices=("auto", "box", "point"), group="model")
+    default_prompt: str = option("auto", "--default-prompt", "sparse prompt of the unprompted pass: none (SAM's "
+                                 "empty prompt, the paper) or box (learned tokens that start as the whole-image "
+                                 "box); auto = box with box prompts", kind=str, choices=("auto", "none", "box"),
+                                 group="model")
     box_margin: float = option(0.1, "--box-margin", "box prompts: margin added on each side, as a fraction of "
                                "the box size", kind=float, check=_at_least(0.0), group="model")
     freeze_encoder: bool = option(False, "--freeze-encoder", "fast CPU mode: no LoRA; the encoder runs once per "
@@ -197,6 +201,12 @@ class TrainConfig:
         if self.prompt_type != "auto":
             return self.prompt_type
         return "box" if self.backbone == "litemedsam" else "point"
+
+    def resolved_default_prompt(self) -> str:
+        """``auto``: the whole-image box for box prompts, SAM's empty prompt for points."""
+        if self.default_prompt != "auto":
+            return self.default_prompt
+        return "box" if self.resolved_prompt_type() == "box" else "none"
 
     def labeled_batch(self) -> int:
         """Labeled images per iteration, the same for every method: ``batch_size // 2``."""

@@ -18,9 +18,12 @@ Conventions (see ``docs/ENGINE_API.md``):
 * One point per class: ``coords [B, C, 2]`` and ``labels [B, C]`` where the label of the point of
   class ``c`` is the class index ``c`` (1..C).
 * **Absent classes**: when class ``c`` has no pixel in a map, its point is a *padding point*:
-  label ``-1`` ("not a point", SAM's ``not_a_point`` embedding) and coordinates ``(0, 0)``. If
-  every class is absent, all points are padding, so the prompted pass behaves like a prompt
-  without any positive point.
+  label ``-1`` ("not a point", SAM's ``not_a_point`` embedding) and coordinates ``(0, 0)``.
+* The **background** (class 0) gets a centre and a random point of its own largest component.
+  The sequence a decoder is prompted with (:meth:`PointPrompts.sequence`) is the official code's:
+  the background point (label 0), one point per class (an absent class gets the background's
+  centre point with label 0), then SAM's padding point (label -1), which SAM's prompt encoder adds
+  whenever no box is given.
 
 Box prompts (for backbones trained with boxes, such as LiteMedSAM) follow the same rule: the
 "centre" prompt of class ``c`` is the bounding box of its largest component, widened by
@@ -115,6 +118,11 @@ class PointPrompts:
     center: torch.Tensor
     random: torch.Tensor
     labels: torch.Tensor
+    #: the background's centre and random point ``[B, 2]``; ``background_present [B]`` False when
+    #: the whole map is foreground
+    background_center: torch.Tensor
+    background_random: torch.Tensor
+    background_present: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -128,14 +136,25 @@ class PointPrompts:
         return self.batch_size
 
     def to(self, device: Union[str, torch.device]) -> "PointPrompts":
-        return PointPrompts(self.center.to(device), self.random.to(device), self.labels.to(device))
+        return PointPrompts(*(t.to(device) for t in (self.center, self.random, self.labels, self.background_center,
+                                                        self.background_random, self.background_present)))
 
-    def stacked(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(coords [2B, C, 2], labels [2B, C])``: the centre points of the batch, then its
-        random points (one prompted pass over ``torch.cat([x, x])`` gives both outputs;
-        split the result with ``out[:B]`` = centre, ``out[B:]`` = random)."""
-        coords = torch.cat([self.center, self.random], dim=0)
-        labels = torch.cat([self.labels, self.labels], dim=0)
+    def sequence(self, which: str = "center") -> Tuple[torch.Tensor, torch.Tensor]:
+        """The points a decoder is prompted with, ``(coords [B, C + 2, 2], labels [B, C + 2])``:
+        the background's ``which`` point (label 0), class ``c``'s ``which`` point (label ``c``; an
+        absent class: the background's centre point, label 0), SAM's padding point (label -1).
+        Without background pixels, the background's points are padding points too."""
+        if which not in ("center", "random"):
+            raise ValueError(f"which must be 'center' or 'random', got {which!r}")
+        cls = self.center if which == "center" else self.random
+        bg = self.background_center if which == "center" else self.background_random
+        bg_label = torch.where(self.background_present, 0, NOT_A_POINT).to(self.labels.dtype)
+        absent = self.labels < 0
+        coords = torch.where(absent.unsqueeze(-1), self.background_center.unsqueeze(1).to(cls.dtype), cls)
+        labels = torch.where(absent, bg_label.unsqueeze(1), self.labels)
+        pad = torch.zeros_like(bg).unsqueeze(1)
+        coords = torch.cat([bg.unsqueeze(1).to(cls.dtype), coords, pad.to(cls.dtype)], dim=1)
+        labels = torch.cat([bg_label.unsqueeze(1), labels, torch.full_like(bg_label, NOT_A_POINT).unsqueeze(1)], dim=1)
         return coords, labels
 
 
@@ -172,6 +191,9 @@ def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
     center = np.zeros((batch, num_classes, 2), dtype=np.float32)
     rand = np.zeros((batch, num_classes, 2), dtype=np.float32)
     labels = np.full((batch, num_classes), NOT_A_POINT, dtype=np.int64)
+    bg_center = np.zeros((batch, 2), dtype=np.float32)
+    bg_rand = np.zeros((batch, 2), dtype=np.float32)
+    bg_present = np.zeros(batch, dtype=bool)
     for b in range(batch):
         for c in range(1, num_classes + 1):
             component = largest_component(maps[b] == c)
@@ -180,7 +202,12 @@ def points_from_label_maps(maps, num_classes: int, rng=None) -> PointPrompts:
             center[b, c - 1] = center_point(component)
             rand[b, c - 1] = random_point(component, rng)
             labels[b, c - 1] = c
-    return PointPrompts(torch.from_numpy(center), torch.from_numpy(rand), torch.from_numpy(labels))
+        background = largest_component(maps[b] == 0)
+        if background.any():
+            bg_center[b] = center_point(background)
+            bg_rand[b] = random_point(background, rng)
+            bg_present[b] = True
+    return PointPrompts(*(torch.from_numpy(a) for a in (center, rand, labels, bg_center, bg_rand, bg_present)))
 
 
 #: Random boxes: each edge moves by up to this fraction of the box's width / height.

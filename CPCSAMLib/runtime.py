@@ -73,6 +73,18 @@ def prepare_cpu(num_threads: Optional[int] = None) -> None:
     torch.set_num_threads(num_threads or max(1, os.cpu_count() or 1))
 
 
+def resolved_default_prompt(card: Dict[str, Any]) -> str:
+    """The card's unprompted-pass prompt; ``auto`` = box when the prompts are boxes. Cards written
+    before the option existed had none."""
+    value = card.get("default_prompt", "none")
+    if value != "auto":
+        return value
+    prompt_type = card.get("prompt_type", "auto")
+    if prompt_type == "auto":
+        prompt_type = "box" if card.get("backbone") == "litemedsam" else "point"
+    return "box" if prompt_type == "box" else "none"
+
+
 def build_model(card_or_config: Union[Dict[str, Any], Any], device: torch.device, backbone=None):
     """The dual-branch model from a model card (dict, as stored in checkpoints) or a TrainConfig
     plus ``num_classes`` in the card; placed on ``device``, channels-last on CPU.
@@ -88,7 +100,8 @@ def build_model(card_or_config: Union[Dict[str, Any], Any], device: torch.device
         bb_file = card.get("backbone_checkpoint", card.get("sam_checkpoint"))
         backbone = build_backbone(card["backbone"], bb_file if card["backbone"] != "litemedsam" else None)
     model = DualBranchSAM(backbone, int(card["num_classes"]), int(card.get("lora_rank", 4)),
-                          card.get("decoder_init", "pretrained"), int(card.get("seed", 0)))
+                          card.get("decoder_init", "pretrained"), int(card.get("seed", 0)),
+                          resolved_default_prompt(card))
     model = model.to(device)
     model.set_channels_last(device.type == "cpu")
     if card.get("freeze_encoder"):

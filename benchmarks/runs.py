@@ -128,6 +128,10 @@ def summary(rows: List[dict]) -> dict:
 
 
 def _score(predictor, plan: Plan, key: str, modes: List[str]) -> Dict[str, dict]:
+    if predictor.card.get("freeze_encoder"):
+        # every frozen-encoder run has the same encoder: the test slices are encoded once, then read
+        predictor.embedding_store = EmbeddingStore(plan.output / "embedding_store", predictor.model,
+                                                   predictor.amp_dtype)
     scores: Dict[str, dict] = {}
     for mode in modes:
         rows, seconds_per_case = score_test_list(predictor, plan, mode)

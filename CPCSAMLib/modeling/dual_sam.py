@@ -22,7 +22,7 @@ class DualBranchSAM(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, lora_rank: int = 4,
-                 decoder_init: str = "pretrained", seed: int = 0) -> None:
+                 decoder_init: str = "pretrained", seed: int = 0, default_prompt: str = "none") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
@@ -33,7 +33,7 @@ class DualBranchSAM(nn.Module):
         self.input_size = backbone.input_size
         self.image_encoder = backbone.image_encoder
         self.lora_layers: List[LoRAQKV] = apply_lora(self.image_encoder, lora_rank, backbone.encoder_kind)
-        self.prompt_encoder = ClassPromptEncoder(backbone.prompt_encoder, num_classes)
+        self.prompt_encoder = ClassPromptEncoder(backbone.prompt_encoder, num_classes, default_prompt)
         for p in self.prompt_encoder.pe_layer.parameters():
             p.requires_grad_(False)
         decoders = []
@@ -127,7 +127,8 @@ class DualBranchSAM(nn.Module):
         ``unprompted``: the same decoder's unprompted logits (box prompts use them for absent classes)."""
         if isinstance(prompts, BoxPrompts):
             return self.decode_boxes(branch, embeddings, getattr(prompts, which), prompts.present, unprompted)
-        return self.decode(branch, embeddings, getattr(prompts, which), prompts.labels)
+        coords, labels = prompts.sequence(which)
+        return self.decode(branch, embeddings, coords, labels)
 
     def prompts_from_maps(self, maps: torch.Tensor, prompt_type: str, rng=None,
                           box_margin: float = 0.1) -> Union[BoxPrompts, PointPrompts]:
@@ -141,9 +142,10 @@ class DualBranchSAM(nn.Module):
         return prompts.to(self.pixel_mean.device)
 
     @torch.no_grad()
-    def predict_probs(self, images: torch.Tensor, self_prompt: bool = False, prompt_type: str = "box",
+    def predict_probs(self, images: Optional[torch.Tensor], self_prompt: bool = False, prompt_type: str = "box",
                       box_margin: float = 0.1, embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Inference, ``[B, C + 1, S, S]``: mean softmax of both decoders' unprompted outputs.
+        """Inference, ``[B, C + 1, S, S]``: mean softmax of both decoders' unprompted outputs
+        (``images`` are encoded unless their ``embeddings`` are given).
 
         ``self_prompt``: the unprompted ensemble's largest component of each class gives a prompt
         (its box widened by ``box_margin``, or its centre point), both decoders are prompted with it,

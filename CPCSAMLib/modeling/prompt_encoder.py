@@ -8,6 +8,10 @@ import torch
 from torch import nn
 
 
+#: The unprompted pass's sparse prompt: none (SAM's) or learned tokens that start as the whole-image box.
+DEFAULT_PROMPTS = ("none", "box")
+
+
 class ClassPromptEncoder(nn.Module):
     """Encodes point prompts whose label is a class index.
 
@@ -15,15 +19,21 @@ class ClassPromptEncoder(nn.Module):
     point) embedding; label ``-1`` marks a padding point (SAM's "not a point" embedding, no position).
     Class embeddings start from SAM's positive-point embedding, background from its negative one.
     Without points the sparse embedding is empty and the dense one is SAM's no-mask embedding
-    (the "default prompt" the paper fine-tunes for automatic segmentation).
+    (the "default prompt" the paper fine-tunes for automatic segmentation). With
+    ``default_prompt="box"`` the unprompted pass also gets two learned sparse tokens that start as
+    the box of the whole image: a backbone trained only with boxes (LiteMedSAM) then starts from an
+    output it knows ("the object in this box") instead of a prompt-free pass it never saw.
 
     A box is SAM's two corner tokens (positional encoding plus SAM's top-left / bottom-right
     embeddings) plus a learned per-class embedding that starts at zero, so a one-box prompt at
     initialisation is exactly the pretrained model's box prompt.
     """
 
-    def __init__(self, sam_prompt_encoder: nn.Module, num_classes: int) -> None:
+    def __init__(self, sam_prompt_encoder: nn.Module, num_classes: int, default_prompt: str = "none") -> None:
         super().__init__()
+        if default_prompt not in DEFAULT_PROMPTS:
+            raise ValueError(f"default_prompt must be one of {', '.join(DEFAULT_PROMPTS)}, got {default_prompt!r}")
+        self.default_prompt = default_prompt
         self.num_classes = num_classes
         self.embed_dim = sam_prompt_encoder.embed_dim
         self.input_image_size: Tuple[int, int] = tuple(sam_prompt_encoder.input_image_size)
@@ -41,6 +51,14 @@ class ClassPromptEncoder(nn.Module):
             self.box_corner_embeddings.weight[0] = sam_prompt_encoder.point_embeddings[2].weight[0]
             self.box_corner_embeddings.weight[1] = sam_prompt_encoder.point_embeddings[3].weight[0]
             self.box_class_embeddings.weight.zero_()
+        if default_prompt == "box":
+            s = self.input_image_size
+            whole = torch.tensor([[0.0, 0.0, s[1] - 1.0, s[0] - 1.0]])
+            with torch.no_grad():
+                tokens = self.embed_boxes(whole, torch.ones(1, dtype=torch.long))[0]
+            self.default_tokens = nn.Parameter(tokens.clone())
+        else:
+            self.default_tokens = None
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the embedding grid, ``[1, D, h, w]``."""
@@ -66,9 +84,12 @@ class ClassPromptEncoder(nn.Module):
     def forward(
         self, batch_size: int, coords: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(sparse [B, N, D], dense [B, D, h, w])``; ``N = 0`` without points."""
+        """Returns ``(sparse [B, N, D], dense [B, D, h, w])``; without points ``N`` is 0, or 2 with the
+        default box prompt."""
         device = self.no_mask_embed.weight.device
-        if coords is None:
+        if coords is None and self.default_tokens is not None:
+            sparse = self.default_tokens.unsqueeze(0).expand(batch_size, -1, -1)
+        elif coords is None:
             sparse = torch.empty((batch_size, 0, self.embed_dim), device=device)
         else:
             if coords.shape[0] != batch_size or labels is None or labels.shape != coords.shape[:2]:

@@ -127,15 +127,17 @@ def test_predict_on_3d_volume_keeps_geometry(trained, nrrd3d_dir, tmp_path):
     assert a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
     assert a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection()
     vol = sitk.GetArrayFromImage(a).astype(np.float32)
+    base = p.encoder_calls  # the volume's slices, each encoded once
+    assert base == vol.shape[0]
     mask = p.predict_slice_with_points(vol[10], [(20, 60, 1), (5, 5, 0)])
     assert mask.shape == (120, 45) and mask.max() <= 1
     # more clicks on the same slice reuse its embedding; another slice is encoded
-    assert p.encoder_calls == 1
+    assert p.encoder_calls == base + 1
     again = p.predict_slice_with_points(vol[10], [(20, 60, 1), (5, 5, 0)])
     p.predict_slice_with_points(vol[10], [(20, 60, 1), (30, 80, 1)])
-    assert p.encoder_calls == 1 and np.array_equal(mask, again)
+    assert p.encoder_calls == base + 1 and np.array_equal(mask, again)
     p.predict_slice_with_points(vol[11], [(20, 60, 1)])
-    assert p.encoder_calls == 2
+    assert p.encoder_calls == base + 2
 
 
 def test_wrong_checkpoints_are_refused(trained, tmp_path):
@@ -320,3 +322,23 @@ def test_torchrun_ddp_two_cpu_processes(small_manifest, tmp_path):
     started = [e for e in events if e["event"] == "started"]
     assert len(started) == 1 and started[0]["world_size"] == 2  # only rank 0 reports
     assert events[-1]["event"] == "finished" and (out / "model_last.pt").is_file()
+
+
+def test_predict_reads_embeddings_from_a_store(trained, busi_dir, tmp_path):
+    """The benchmark's test-slice store: a second prediction of the same image skips the encoder and
+    gives the same labels as a predictor without a store."""
+    out, _ = trained
+    from CPCSAMLib.infer import Predictor
+    from CPCSAMLib.training.embeddings import EmbeddingStore
+
+    name = (busi_dir / "val.txt").read_text().split()[0]
+    image = sitk.ReadImage(str(busi_dir / "images" / name))
+    plain = Predictor.from_checkpoint(out / "model_best.pt", "cpu")
+    expected = sitk.GetArrayFromImage(plain.predict_image(image))
+    p = Predictor.from_checkpoint(out / "model_best.pt", "cpu")
+    p.embedding_store = EmbeddingStore(tmp_path / "store", p.model, p.amp_dtype)
+    first = sitk.GetArrayFromImage(p.predict_image(image))
+    assert p.encoder_calls == 1 and p.embedding_store.misses == 1 and len(list(p.embedding_store.folder.glob("*.pt"))) == 1
+    second = sitk.GetArrayFromImage(p.predict_image(image, self_prompt=False))
+    assert p.encoder_calls == 1 and p.embedding_store.hits == 1
+    assert np.array_equal(first, expected) and second.shape == expected.shape

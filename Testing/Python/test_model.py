@@ -181,6 +181,35 @@ def test_absent_classes_and_self_prompted_inference(lite):
         assert not torch.allclose(prompted, unprompted, atol=1e-3)
 
 
+def test_default_box_prompt_starts_as_the_whole_image_box_and_is_learned(lite):
+    """``default_prompt="box"``: the unprompted pass at initialisation is the pass prompted with the
+    whole-image box; its two tokens are trainable and saved; ``none`` keeps SAM's empty prompt."""
+    from CPCSAMLib.runtime import resolved_default_prompt
+
+    model = DualBranchSAM(lite, num_classes=2, default_prompt="box").eval()
+    emb = torch.randn(1, 256, 64, 64) * 0.1
+    whole = torch.tensor([[[0.0, 0.0, 255.0, 255.0], [0.0, 0.0, 0.0, 0.0]]])
+    with torch.no_grad():
+        unprompted = model.decode(1, emb)
+        boxed = model.decode_boxes(1, emb, whole, torch.tensor([[True, False]]))
+    assert torch.allclose(unprompted[0, 1], boxed[0, 1], atol=1e-5)
+    tokens = model.prompt_encoder.default_tokens
+    assert tokens.shape == (2, 256) and tokens.requires_grad
+    assert "prompt_encoder.default_tokens" in model.trainable_state_dict()
+    model.decode(2, emb).sum().backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    plain = DualBranchSAM(build_backbone("litemedsam"), num_classes=2).eval()
+    assert plain.prompt_encoder.default_tokens is None
+    with torch.no_grad():
+        assert not torch.allclose(plain.decode(1, emb)[0, 1], unprompted[0, 1], atol=1e-2)
+    with pytest.raises(ValueError, match="default_prompt"):
+        DualBranchSAM(build_backbone("litemedsam"), num_classes=1, default_prompt="circle")
+    # cards: auto follows the prompt type; cards written before the option have none
+    assert resolved_default_prompt({"backbone": "litemedsam", "prompt_type": "auto", "default_prompt": "auto"}) == "box"
+    assert resolved_default_prompt({"backbone": "sam_vit_b", "prompt_type": "auto", "default_prompt": "auto"}) == "none"
+    assert resolved_default_prompt({"backbone": "litemedsam", "prompt_type": "box"}) == "none"
+
+
 def test_sam_backbone_requires_checkpoint_and_refuses_wrong_file(tmp_path):
     with pytest.raises(CheckpointError, match="needs its SAM checkpoint"):
         build_backbone("sam_vit_b")

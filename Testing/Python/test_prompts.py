@@ -139,15 +139,31 @@ def test_torch_input_and_seeded_reproducibility():
         assert c.to("cuda").labels.device.type == "cuda"
 
 
-def test_stacked_layout():
+def test_point_sequence_has_background_absent_classes_and_padding():
+    """The official code's layout: background point (label 0), one point per class (absent: the
+    background's centre, label 0), SAM's padding point (label -1)."""
     m = np.zeros((2, 10, 10), dtype=np.int64)
     m[0, 1:6, 1:6] = 1
     m[1, 4:9, 4:9] = 2
     pp = points_from_label_maps(m, 2, np.random.default_rng(3))
-    coords, labels = pp.stacked()
-    assert coords.shape == (4, 2, 2) and labels.shape == (4, 2)
-    assert torch.equal(coords[:2], pp.center) and torch.equal(coords[2:], pp.random)
-    assert torch.equal(labels[:2], pp.labels) and torch.equal(labels[2:], pp.labels)
+    assert pp.background_present.tolist() == [True, True]
+    for b in range(2):
+        x, y = (int(v) for v in pp.background_center[b])
+        assert m[b, y, x] == 0
+        x, y = (int(v) for v in pp.background_random[b])
+        assert m[b, y, x] == 0
+    coords, labels = pp.sequence("center")
+    assert coords.shape == (2, 4, 2) and labels.tolist() == [[0, 1, 0, -1], [0, 0, 2, -1]]
+    assert torch.equal(coords[0, 0], pp.background_center[0]) and torch.equal(coords[0, 1], pp.center[0, 0])
+    assert torch.equal(coords[0, 2], pp.background_center[0])  # class 2 absent in map 0
+    assert torch.equal(coords[1, 1], pp.background_center[1]) and coords[:, 3].abs().sum() == 0
+    rcoords, rlabels = pp.sequence("random")
+    assert torch.equal(rlabels, labels) and torch.equal(rcoords[0, 0], pp.background_random[0])
+    assert torch.equal(rcoords[0, 1], pp.random[0, 0]) and torch.equal(rcoords[0, 2], pp.background_center[0])
+    full = points_from_label_maps(np.ones((1, 4, 4), dtype=np.int64), 1, np.random.default_rng(0))
+    assert full.background_present.tolist() == [False] and full.sequence()[1].tolist() == [[-1, 1, -1]]
+    with pytest.raises(ValueError, match="which"):
+        pp.sequence("corner")
 
 
 def test_box_prompts_from_largest_component_with_margin_and_jitter():
