@@ -100,10 +100,7 @@ def score_test_list(predictor, plan: Plan, mode: str) -> tuple:
     start = time.time()
     for name in plan.test:
         image, reference, spacing = load_case(plan, name)
-        if mode == "self_prompt":
-            prediction = predictor.predict_image(image, self_prompt=True)
-        else:
-            prediction = predictor.predict_image(image)
+        prediction = predictor.predict_image(image, self_prompt=mode == "self_prompt")
         predicted = io.label_to_index(sitk.GetArrayFromImage(prediction), plan.layout.label_values)
         rows += case_metrics(predicted, reference, plan.layout.class_names, spacing, case_name(name))
     return rows, (time.time() - start) / max(1, len(plan.test))

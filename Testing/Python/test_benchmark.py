@@ -66,6 +66,31 @@ def test_mean_sd_over_seeds_and_case_scores_over_classes():
     assert stats.case_scores(rows) == {"x": pytest.approx(0.7), "y": pytest.approx(0.2)}
 
 
+def test_each_inference_mode_asks_the_predictor_for_that_mode(busi_dir, tmp_path):
+    """"unprompted" must ask for unprompted inference: predict's default is self-prompted."""
+    import SimpleITK as sitk
+
+    from benchmarks.data import LAYOUTS, Plan
+    from benchmarks.runs import score_test_list
+
+    names = (busi_dir / "val.txt").read_text().split()[:2]
+    plan = Plan(LAYOUTS["busi"], busi_dir, "train.txt", [], {}, {}, {}, {}, None, "val.txt", names, 86, None, None,
+                tmp_path)
+
+    class Recorder:
+        def __init__(self):
+            self.modes = []
+
+        def predict_image(self, image, **kwargs):
+            self.modes.append(kwargs.get("self_prompt", "default"))
+            return sitk.Image(image.GetSize(), sitk.sitkUInt8)
+
+    for mode, expected in (("unprompted", False), ("self_prompt", True)):
+        recorder = Recorder()
+        rows, _ = score_test_list(recorder, plan, mode)
+        assert recorder.modes == [expected, expected] and len(rows) == 2
+
+
 def test_unlabeled_subset_is_fixed_and_keeps_list_order():
     names = [f"case_{i:03d}" for i in range(50)]
     first, second = choose_unlabeled(names, 20), choose_unlabeled(names, 20)
