@@ -74,15 +74,14 @@ def prepare_cpu(num_threads: Optional[int] = None) -> None:
 
 
 def resolved_default_prompt(card: Dict[str, Any]) -> str:
-    """The card's unprompted-pass prompt; ``auto`` = box when the prompts are boxes. Cards written
-    before the option existed had none."""
-    value = card.get("default_prompt", "none")
-    if value != "auto":
-        return value
-    prompt_type = card.get("prompt_type", "auto")
-    if prompt_type == "auto":
-        prompt_type = "box" if card.get("backbone") == "litemedsam" else "point"
-    return "box" if prompt_type == "box" else "none"
+    """The card's unprompted-pass prompt, by ``TrainConfig``'s rule (``auto`` = box when the
+    prompts are boxes). Cards written before the option existed had none."""
+    from .config import TrainConfig
+
+    if "default_prompt" not in card:
+        return "none"
+    fields = {k: card[k] for k in ("backbone", "prompt_type", "default_prompt") if k in card}
+    return TrainConfig(**fields).resolved_default_prompt()
 
 
 def build_model(card_or_config: Union[Dict[str, Any], Any], device: torch.device, backbone=None):

@@ -13,7 +13,7 @@ out = Path(sys.argv[1]); method = sys.argv[2]; iters = int(sys.argv[3])
 kw = {}
 for a in sys.argv[4:]:
     k, v = a.split("="); kw[k] = json.loads(v)
-root = Path("/work/shared/data/busi")
+root = Path(os.environ.get("BUSI", "../shared/data/busi"))
 lab = kw.pop("labeled_list", "labeled_10.txt")
 ntest = kw.pop("ntest", 86)
 train = (root/"train.txt").read_text().split(); labeled = (root/lab).read_text().split()
@@ -22,7 +22,7 @@ classes = [ds.ClassInfo("lesion", 255)]
 man = ds.Manifest(classes=classes, labeled=[(root/"images"/n, root/"masks"/n) for n in labeled],
                   unlabeled=[root/"images"/n for n in train if n not in set(labeled)], validation=[], axis=None)
 cfg = TrainConfig(method=method, iterations=iters, batch_size=4, freeze_encoder=True, decoder_init="pretrained",
-                  embedding_store="/work/scratch/store", val_every=10**9, save_every=10**9, overwrite=True, **kw)
+                  embedding_store=os.environ.get("STORE", "embedding_store"), val_every=10**9, save_every=10**9, overwrite=True, **kw)
 t0 = time.time()
 res = run_training(man, out, cfg, progress=False)
 ttrain = time.time() - t0
