@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace metrics.csv and metrics.md in --output")
 
     p = sub.add_parser("demo", help="a few minutes of CPC-SAM on the bundled BUSI subset", description=(
-        "Trains on the BUSI subset shipped with the package (10 labeled, 30 unlabeled), predicts 12 held-apart "
+        "Trains on the BUSI subset shipped with the package (10 labeled, 30 unlabeled), predicts 43 held-apart "
         "images, prints their Dice and writes overlays and a training curve."))
     p.add_argument("--output", default="demo_output", help="output folder (default ./demo_output)")
     add_train_arguments(p, **DEMO_DEFAULTS)

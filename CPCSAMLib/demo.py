@@ -1,6 +1,6 @@
 """``cpcsam demo``: CPC-SAM on the BUSI subset bundled with the package, a few minutes on CPU.
 
-10 labeled and 30 unlabeled training images; 12 held-apart images are predicted and scored after
+10 labeled and 30 unlabeled training images; 43 held-apart images are predicted and scored after
 training (they are not used for checkpoint selection: the demo keeps the last model).
 """
 from __future__ import annotations
