@@ -48,7 +48,11 @@ class HorizonEstimator:
     timed) the horizon becomes min(iterations, iterations that fit into the remaining time). When
     the supervised warm-up is still running then, its steps (labeled images only) are cheaper than
     the ones that follow, so the horizon is measured once more, ``timed`` iterations after the
-    first step with unlabeled images."""
+    first step with unlabeled images. After that it is measured again whenever another
+    ``REFRESH_FRACTION`` of the time budget has passed, from the iterations since the last
+    measurement, so that a machine that gets busier (or idle) still ends the schedule in time."""
+
+    REFRESH_FRACTION = 0.1
 
     def __init__(self, cfg: TrainConfig, start_time: float, start_iteration: int, timed: int = 3) -> None:
         self.cfg, self.start_time, self.timed = cfg, start_time, timed
@@ -57,25 +61,38 @@ class HorizonEstimator:
         self._first = start_iteration + 1  # the iteration whose end starts the clock
         self._clock: Optional[float] = None
         self._measured = 0
+        #: iterations trained on labeled images only; moves with the horizon until it is reached
+        self.supervised_end = supervised_iterations(cfg, self.horizon)
 
     def after_iteration(self, it: int, now: Optional[float] = None) -> Optional[dict]:
         """Call after iteration ``it`` (1-based count) ends; returns the event fields when the
         horizon is (re)measured."""
-        if self.fixed:
+        if self.cfg.max_minutes is None:
             return None
         now = time.time() if now is None else now
+        if self.fixed:
+            if now - self._clock < self.REFRESH_FRACTION * self.cfg.max_minutes * 60.0 or it <= self._first:
+                return None
+            return self._measure(it, now)
         if it == self._first:
             self._clock = now
             return None
         if self._clock is None or it < self._first + self.timed:
             return None
+        event = self._measure(it, now)
+        if self._measured == 1 and self.cfg.method != "supervised" and self.supervised_end >= it:
+            self._first, self._clock, self.fixed = self.supervised_end + 1, None, False
+        return event
+
+    def _measure(self, it: int, now: float) -> dict:
+        """Horizon from the iterations since ``_first`` (the clock's start); restarts the clock."""
         per_iteration = (now - self._clock) / (it - self._first)
         remaining = self.cfg.max_minutes * 60.0 - (now - self.start_time)
         fit = it + int(max(0.0, remaining) / max(per_iteration, 1e-9))
         self.horizon = max(it, min(self.cfg.iterations, fit))
         self.fixed = True
         self._measured += 1
-        warmup_end = supervised_iterations(self.cfg, self.horizon)
-        if self._measured == 1 and self.cfg.method != "supervised" and warmup_end >= it:
-            self._first, self._clock, self.fixed = warmup_end + 1, None, False
+        self._first, self._clock = it, now
+        if it < self.supervised_end:  # once unlabeled images are in, the warm-up does not come back
+            self.supervised_end = supervised_iterations(self.cfg, self.horizon)
         return {"iteration": it, "horizon": self.horizon, "seconds_per_iteration": round(per_iteration, 4)}

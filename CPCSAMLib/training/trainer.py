@@ -28,7 +28,7 @@ from .checkpoints import Checkpointer
 from .embeddings import EmbeddingCache, EmbeddingStore
 from .folder import OutputFolder
 from .history import History, ProgressBar, empty_history, plot_curves
-from .schedule import HorizonEstimator, learning_rate, supervised_iterations
+from .schedule import HorizonEstimator, learning_rate
 from .step import Batches, TrainStep
 from .validation import evaluate_slices
 
@@ -117,7 +117,7 @@ class Trainer:
         t0 = time.time()
         lr = learning_rate(self.cfg, it, horizon)
         xl, yl, xu = self.batches.next()
-        out = self.step(xl, yl, xu, self.rng, lr, it < supervised_iterations(self.cfg, horizon), it + 1)
+        out = self.step(xl, yl, xu, self.rng, lr, it < self.horizon.supervised_end, it + 1)
         self.iteration = it + 1
         self.emit("iteration", iteration=self.iteration, iterations=self.cfg.iterations, lr=lr,
                   seconds=round(time.time() - t0, 3), **out)

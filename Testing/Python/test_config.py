@@ -194,12 +194,21 @@ def test_horizon_is_sized_from_the_measured_step_time():
     assert h.after_iteration(30, now=208.0) is None
     again = h.after_iteration(31, now=212.0)  # 4 s per iteration, 388 s left -> 97 more
     assert again == {"iteration": 31, "horizon": 128, "seconds_per_iteration": 4.0} and h.horizon == 128
-    assert h.after_iteration(32, now=216.0) is None  # measured twice at most
+    assert h.after_iteration(32, now=216.0) is None
+    assert h.supervised_end == 27
+    # then again after each further 10 % of the budget (60 s), from the iterations since the last
+    assert h.after_iteration(45, now=271.0) is None
+    refresh = h.after_iteration(46, now=272.0)  # 15 iterations in 60 s: 4 s, 328 s left -> 82 more
+    assert refresh == {"iteration": 46, "horizon": 128, "seconds_per_iteration": 4.0}
+    slower = h.after_iteration(52, now=332.0)  # the machine got busy: 10 s, 268 s left -> 26 more
+    assert slower == {"iteration": 52, "horizon": 78, "seconds_per_iteration": 10.0} and h.horizon == 78
+    faster = h.after_iteration(112, now=392.0)  # idle again: 1 s, 208 s left -> 208 more
+    assert faster["horizon"] == 320 and h.supervised_end == 27  # the warm-up does not come back
     labeled_only = HorizonEstimator(TrainConfig(iterations=10000, max_minutes=10.0, method="supervised"), 0.0, 0)
     for i, t in ((1, 60.0), (2, 62.0), (3, 64.0)):
         labeled_only.after_iteration(i, now=t)
     assert labeled_only.after_iteration(4, now=66.0)["horizon"] == 271
-    assert labeled_only.after_iteration(40, now=100.0) is None  # no warm-up to measure again
+    assert labeled_only.after_iteration(40, now=100.0) is None  # no warm-up to measure again; 60 s not passed
     fixed = HorizonEstimator(TrainConfig(iterations=50), 0.0, 0)
     assert fixed.after_iteration(4, now=1.0) is None and fixed.horizon == 50
 
