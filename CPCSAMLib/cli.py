@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images or volumes with a trained model", description=(
         "Prediction without user prompts (mean softmax of both decoders; by default self-prompted: the box of "
-        "each class's largest component prompts the decoders for the final mask), slice-wise for volumes, "
+        "each sizeable component of each class prompts the decoders for the final mask), slice-wise for volumes, "
         "written as label images with the source geometry and the class label values."))
     p.add_argument("--model", required=True, help="model_best.pt of a training run")
     p.add_argument("--input", required=True, nargs="+", help="image or volume files")

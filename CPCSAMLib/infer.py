@@ -2,9 +2,10 @@
 
 Unprompted: mean softmax of both decoders, argmax, slice-wise over a volume in batches, resized
 back to the source grid, written with the source geometry and the class label values.
-Self-prompted (``self_prompt=True``): the unprompted result's largest component of each class
-gives a prompt (its box with a margin, or its centre point for point-trained models) to both
-decoders, whose mean prompted softmax is the result.
+Self-prompted (``self_prompt=True``): the unprompted result prompts both decoders, whose mean
+prompted softmax is the result: the box (with a margin) of each sizeable component of each class,
+a class's map being the union of its components' prompted masks, or for point-trained models the
+centre point of each class's largest component (``DualBranchSAM.predict_probs``).
 Point-prompted: one slice with user clicks (used by the Segment Editor effect).
 """
 from __future__ import annotations

@@ -44,6 +44,8 @@ from scipy import ndimage
 from .errors import InputError
 
 __all__ = [
+    "ComponentBoxes",
+    "component_boxes_from_label_maps",
     "PointPrompts",
     "BoxPrompts",
     "box_prompts_from_label_maps",
@@ -270,3 +272,50 @@ def box_prompts_from_label_maps(maps, num_classes: int, rng=None, margin: float 
             rand[b, c - 1] = _jitter(center[b, c - 1], component.shape, rng)
             present[b, c - 1] = True
     return BoxPrompts(torch.from_numpy(center), torch.from_numpy(rand), torch.from_numpy(present))
+
+
+#: Self-prompted inference: components of a class at least this fraction of its largest get a box,
+COMPONENT_MIN_FRACTION = 0.1
+#: and at most this many (the largest) per class and map.
+COMPONENTS_PER_CLASS = 3
+
+
+@dataclass
+class ComponentBoxes:
+    """Boxes of several components per class: row ``k`` is map ``index[k]``, class ``cls[k]``
+    (0-based, class ``cls[k] + 1`` of the label map), box ``boxes[k]`` ``(x0, y0, x1, y1)``."""
+
+    index: torch.Tensor
+    cls: torch.Tensor
+    boxes: torch.Tensor
+
+    def to(self, device: Union[str, torch.device]) -> "ComponentBoxes":
+        return ComponentBoxes(self.index.to(device), self.cls.to(device), self.boxes.to(device))
+
+
+def component_boxes_from_label_maps(maps, num_classes: int, margin: float = 0.1,
+                                    min_fraction: float = COMPONENT_MIN_FRACTION,
+                                    per_class: int = COMPONENTS_PER_CLASS) -> ComponentBoxes:
+    """Box (widened by ``margin``) of each 8-connected component of each class that is at least
+    ``min_fraction`` of the class's largest component, the ``per_class`` largest at most, largest
+    first. Self-prompted inference prompts each of them, so a lesion that is not the largest
+    component of the unprompted map is still refined rather than dropped."""
+    maps = _label_maps(maps, num_classes)
+    if margin < 0:
+        raise InputError(f"box margin must be >= 0, got {margin}")
+    index, cls, boxes = [], [], []
+    for b in range(maps.shape[0]):
+        for c in range(1, num_classes + 1):
+            labelled, count = ndimage.label(maps[b] == c, structure=_EIGHT_CONNECTED)
+            if count == 0:
+                continue
+            sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
+            order = np.argsort(-sizes, kind="stable")[:per_class]
+            for k in order:
+                if sizes[k] < min_fraction * sizes[order[0]]:
+                    break
+                index.append(b)
+                cls.append(c - 1)
+                boxes.append(_box(labelled == k + 1, margin))
+    return ComponentBoxes(torch.tensor(index, dtype=torch.long), torch.tensor(cls, dtype=torch.long),
+                          torch.from_numpy(np.stack(boxes)) if boxes else torch.zeros((0, 4)))

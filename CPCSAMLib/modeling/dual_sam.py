@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..prompts import BoxPrompts, PointPrompts, box_prompts_from_label_maps, points_from_label_maps
+from ..prompts import (BoxPrompts, ComponentBoxes, PointPrompts, box_prompts_from_label_maps,
+                       component_boxes_from_label_maps, points_from_label_maps)
 from .backbones import Backbone
 from .lora import LoRAQKV, apply_lora
 from .mask_decoder import ClassMaskDecoder
@@ -121,6 +122,26 @@ class DualBranchSAM(nn.Module):
             out = out.index_put((bi, ci + 1), logits[torch.arange(bi.numel(), device=logits.device), ci + 1].float())
         return out
 
+    def decode_component_boxes(self, branch: int, embeddings: torch.Tensor, prompts: ComponentBoxes,
+                               unprompted: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C + 1, S, S]`` (float32) of decoder ``branch`` prompted with each box of
+        ``prompts`` (one pass per box); a class's map is the maximum over its boxes' maps (the union
+        of their masks), and a class without a box keeps its ``unprompted`` map."""
+        out = unprompted.detach().float().clone()
+        n = prompts.index.numel()
+        if n == 0:
+            return out
+        decoder = self.decoder1 if branch == 1 else self.decoder2
+        idx, cls = prompts.index.to(embeddings.device), prompts.cls.to(embeddings.device)
+        sparse = self.prompt_encoder.embed_boxes(prompts.boxes.to(embeddings.device), cls + 1)
+        logits = decoder(embeddings[idx], self.prompt_encoder.get_dense_pe(), sparse, self.prompt_encoder.dense(n))
+        maps = logits[torch.arange(n, device=logits.device), cls + 1].float()
+        seen = set()
+        for k, (b, c) in enumerate(zip(prompts.index.tolist(), prompts.cls.tolist())):
+            out[b, c + 1] = maps[k] if (b, c) not in seen else torch.maximum(out[b, c + 1], maps[k])
+            seen.add((b, c))
+        return out
+
     def decode_prompted(self, branch: int, embeddings: torch.Tensor, prompts: Union[BoxPrompts, PointPrompts],
                         which: str = "center", unprompted: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Decoder ``branch`` prompted with the ``which`` ("center" or "random") prompt of ``prompts``;
@@ -147,14 +168,20 @@ class DualBranchSAM(nn.Module):
         """Inference, ``[B, C + 1, S, S]``: mean softmax of both decoders' unprompted outputs
         (``images`` are encoded unless their ``embeddings`` are given).
 
-        ``self_prompt``: the unprompted ensemble's largest component of each class gives a prompt
-        (its box widened by ``box_margin``, or its centre point), both decoders are prompted with it,
-        and their mean softmax is the result (a class without a prompt keeps its unprompted maps)."""
+        ``self_prompt``: the unprompted ensemble prompts both decoders, and their mean softmax is the
+        result (a class without a prompt keeps its unprompted maps). Box prompts: each component of a
+        class (see :func:`~CPCSAMLib.prompts.component_boxes_from_label_maps`) gives its box widened
+        by ``box_margin``, and the class's map is the union of the prompted masks; points: the centre
+        point of each class's largest component."""
         emb = self.encode(images) if embeddings is None else embeddings
         u1, u2 = self.decode(1, emb).float(), self.decode(2, emb).float()
         probs = 0.5 * (u1.softmax(1) + u2.softmax(1))
         if not self_prompt:
             return probs
+        if prompt_type == "box":
+            boxes = component_boxes_from_label_maps(probs.argmax(1), self.num_classes, box_margin)
+            return 0.5 * (self.decode_component_boxes(1, emb, boxes, u1).softmax(1)
+                          + self.decode_component_boxes(2, emb, boxes, u2).softmax(1))
         prompts = self.prompts_from_maps(probs.argmax(1), prompt_type, np.random.default_rng(0), box_margin)
         return 0.5 * (self.decode_prompted(1, emb, prompts, unprompted=u1).float().softmax(1)
                       + self.decode_prompted(2, emb, prompts, unprompted=u2).float().softmax(1))

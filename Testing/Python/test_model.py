@@ -181,6 +181,32 @@ def test_absent_classes_and_self_prompted_inference(lite):
         assert not torch.allclose(prompted, unprompted, atol=1e-3)
 
 
+def test_self_prompt_boxes_every_sizeable_component_and_unites_their_masks(lite):
+    """Several components of a class: one prompted pass per box, the class map is their maximum;
+    one box per class gives exactly the largest-component box prompt."""
+    from CPCSAMLib.prompts import ComponentBoxes
+
+    torch.manual_seed(0)
+    model = DualBranchSAM(lite, num_classes=2).eval()
+    emb = torch.randn(2, 256, 64, 64) * 0.1
+    a, b = [10.0, 10.0, 80.0, 90.0], [150.0, 120.0, 220.0, 200.0]
+    with torch.no_grad():
+        plain = model.decode(1, emb)
+        one = ComponentBoxes(torch.tensor([0]), torch.tensor([0]), torch.tensor([a]))
+        boxes = torch.tensor([[a, [0, 0, 0, 0]], [[0, 0, 0, 0]] * 2])
+        present = torch.tensor([[True, False], [False, False]])
+        assert torch.allclose(model.decode_component_boxes(1, emb, one, plain),
+                              model.decode_boxes(1, emb, boxes, present, unprompted=plain), atol=1e-5)
+        two = ComponentBoxes(torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([a, b]))
+        both = model.decode_component_boxes(1, emb, two, plain)
+        only_b = model.decode_component_boxes(1, emb, ComponentBoxes(torch.tensor([0]), torch.tensor([0]),
+                                                                     torch.tensor([b])), plain)
+        first = model.decode_component_boxes(1, emb, one, plain)
+    assert torch.allclose(both[0, 1], torch.maximum(first[0, 1], only_b[0, 1]), atol=1e-5)
+    assert not torch.allclose(both[0, 1], first[0, 1], atol=1e-2)  # the second box adds its mask
+    assert torch.allclose(both[0, 2], plain[0, 2]) and torch.allclose(both[1], plain[1])  # no box: unprompted
+
+
 def test_default_box_prompt_starts_as_the_whole_image_box_and_is_learned(lite):
     """``default_prompt="box"``: the unprompted pass at initialisation is the pass prompted with the
     whole-image box; its two tokens are trainable and saved; ``none`` keeps SAM's empty prompt."""

@@ -192,3 +192,26 @@ def test_bad_maps_raise():
         points_from_label_maps(np.full((1, 4, 4), 5), 2, np.random.default_rng(0))
     with pytest.raises(InputError):
         points_from_label_maps(np.zeros((1, 1, 4, 4)), 2, np.random.default_rng(0))
+
+
+def test_component_boxes_cover_each_sizeable_component_largest_first():
+    from CPCSAMLib.prompts import component_boxes_from_label_maps
+
+    maps = np.zeros((2, 64, 64), np.int64)
+    maps[0, 2:12, 2:12] = 1      # 100 px, class 1
+    maps[0, 40:46, 40:45] = 1    # 30 px: >= 10 % of the largest, kept
+    maps[0, 60, 60] = 1          # 1 px: < 10 %, dropped
+    maps[0, 20:30, 50:60] = 2    # class 2: one component
+    for i in range(4):           # map 1, class 1: four equal components, at most three kept
+        maps[1, 5 + 12 * i:10 + 12 * i, 5:10] = 1
+    got = component_boxes_from_label_maps(maps, num_classes=2, margin=0.0)
+    rows = list(zip(got.index.tolist(), got.cls.tolist(), got.boxes.round().int().tolist()))
+    assert rows == [(0, 0, [1, 1, 12, 12]), (0, 0, [39, 39, 45, 46]), (0, 1, [49, 19, 60, 30]),
+                    (1, 0, [4, 4, 10, 10]), (1, 0, [4, 16, 10, 22]), (1, 0, [4, 28, 10, 34])]
+    empty = component_boxes_from_label_maps(np.zeros((1, 8, 8), np.int64), num_classes=1)
+    assert empty.index.numel() == 0 and empty.boxes.shape == (0, 4)
+    # one component per class: the same box as the largest-component prompt
+    single = np.zeros((1, 64, 64), np.int64)
+    single[0, 10:30, 5:25] = 1
+    assert torch.equal(component_boxes_from_label_maps(single, 1, margin=0.1).boxes[0],
+                       box_prompts_from_label_maps(single, 1, margin=0.1).center[0, 0])
