@@ -22,7 +22,7 @@ classes = [ds.ClassInfo("lesion", 255)]
 man = ds.Manifest(classes=classes, labeled=[(root/"images"/n, root/"masks"/n) for n in labeled],
                   unlabeled=[root/"images"/n for n in train if n not in set(labeled)], validation=[], axis=None)
 cfg = TrainConfig(method=method, iterations=iters, batch_size=4, freeze_encoder=True, decoder_init="pretrained",
-                  embedding_store=os.environ.get("STORE", "embedding_store"), val_every=10**9, save_every=10**9, overwrite=True, **kw)
+                  embedding_store=os.environ.get("STORE", "embedding_store"), val_every=10**9, overwrite=True, **{"save_every": 10**9, **kw})
 t0 = time.time()
 res = run_training(man, out, cfg, progress=False)
 ttrain = time.time() - t0
