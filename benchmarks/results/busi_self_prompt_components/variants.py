@@ -1,4 +1,6 @@
-"""Scratch: inference variants on BUSI val from saved models (decoder only; val embeddings cached)."""
+"""Inference variants on BUSI val from saved models (a scratch implementation of each; decoder only).
+Usage: BUSI=... VAL_EMB=val_emb.pt variants.py MODEL...; VAL_EMB is written on the first run (the val
+images encoded once, as exp.py encodes them) and read by later runs and by product.py."""
 import warnings, sys, json, os; warnings.filterwarnings("ignore")
 import numpy as np, torch
 from pathlib import Path
@@ -7,8 +9,8 @@ from CPCSAMLib import io
 from CPCSAMLib.infer import Predictor
 from CPCSAMLib.prompts import _box
 torch.set_num_threads(1)
-root = Path("/work/shared/data/busi"); val = (root / "val.txt").read_text().split()
-cache = Path("/work/scratch/s5/val_emb.pt")
+root = Path(os.environ.get("BUSI", "../shared/data/busi")); val = (root / "val.txt").read_text().split()
+cache = Path(os.environ.get("VAL_EMB", "val_emb.pt"))
 models = sys.argv[1:]
 P = Predictor.from_checkpoint(models[0]); m = P.model
 if cache.exists():
