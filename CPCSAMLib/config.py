@@ -223,7 +223,7 @@ SELF_PROMPT_DEFAULT = True
 
 DEMO_DEFAULTS: Dict[str, Any] = {
     "batch_size": 4, "freeze_encoder": True, "cache_views": 4, "supervised_warmup": 0.5, "lr": 2e-3,
-    "val_every": 10, "save_every": 50, "max_minutes": 6.5, "overwrite": True,
+    "val_every": 10, "save_every": 50, "max_minutes": 10.0, "overwrite": True,
 }
 
 
