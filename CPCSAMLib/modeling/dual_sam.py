@@ -115,12 +115,18 @@ class DualBranchSAM(nn.Module):
                 out[rows] = self.decode(branch, embeddings[rows]).float()
         bi, ci = present.nonzero(as_tuple=True)
         if bi.numel():
-            decoder = self.decoder1 if branch == 1 else self.decoder2
-            sparse = self.prompt_encoder.embed_boxes(boxes[bi, ci].to(embeddings.device), ci + 1)
-            logits = decoder(embeddings[bi], self.prompt_encoder.get_dense_pe(), sparse,
-                             self.prompt_encoder.dense(bi.numel()))
-            out = out.index_put((bi, ci + 1), logits[torch.arange(bi.numel(), device=logits.device), ci + 1].float())
+            out = out.index_put((bi, ci + 1), self._box_maps(branch, embeddings, bi, ci, boxes[bi, ci]))
         return out
+
+    def _box_maps(self, branch: int, embeddings: torch.Tensor, index: torch.Tensor, cls: torch.Tensor,
+                  boxes: torch.Tensor) -> torch.Tensor:
+        """One pass of decoder ``branch`` per box: image ``index[k]`` prompted with ``boxes[k]`` as
+        class ``cls[k] + 1``, whose logit map ``[N, S, S]`` (float32) is read from that pass."""
+        decoder = self.decoder1 if branch == 1 else self.decoder2
+        sparse = self.prompt_encoder.embed_boxes(boxes.to(embeddings.device), cls + 1)
+        logits = decoder(embeddings[index], self.prompt_encoder.get_dense_pe(), sparse,
+                         self.prompt_encoder.dense(index.numel()))
+        return logits[torch.arange(index.numel(), device=logits.device), cls + 1].float()
 
     def decode_component_boxes(self, branch: int, embeddings: torch.Tensor, prompts: ComponentBoxes,
                                unprompted: torch.Tensor) -> torch.Tensor:
@@ -128,14 +134,10 @@ class DualBranchSAM(nn.Module):
         ``prompts`` (one pass per box); a class's map is the maximum over its boxes' maps (the union
         of their masks), and a class without a box keeps its ``unprompted`` map."""
         out = unprompted.detach().float().clone()
-        n = prompts.index.numel()
-        if n == 0:
+        if prompts.index.numel() == 0:
             return out
-        decoder = self.decoder1 if branch == 1 else self.decoder2
-        idx, cls = prompts.index.to(embeddings.device), prompts.cls.to(embeddings.device)
-        sparse = self.prompt_encoder.embed_boxes(prompts.boxes.to(embeddings.device), cls + 1)
-        logits = decoder(embeddings[idx], self.prompt_encoder.get_dense_pe(), sparse, self.prompt_encoder.dense(n))
-        maps = logits[torch.arange(n, device=logits.device), cls + 1].float()
+        on_device = prompts.to(embeddings.device)
+        maps = self._box_maps(branch, embeddings, on_device.index, on_device.cls, on_device.boxes)
         seen = set()
         for k, (b, c) in enumerate(zip(prompts.index.tolist(), prompts.cls.tolist())):
             out[b, c + 1] = maps[k] if (b, c) not in seen else torch.maximum(out[b, c + 1], maps[k])
