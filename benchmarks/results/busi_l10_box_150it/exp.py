@@ -21,27 +21,29 @@ val = (root/"val.txt").read_text().split()[:ntest]
 classes = [ds.ClassInfo("lesion", 255)]
 man = ds.Manifest(classes=classes, labeled=[(root/"images"/n, root/"masks"/n) for n in labeled],
                   unlabeled=[root/"images"/n for n in train if n not in set(labeled)], validation=[], axis=None)
-cfg = TrainConfig(method=method, iterations=iters, batch_size=4, freeze_encoder=True, decoder_init="pretrained",
-                  embedding_store=os.environ.get("STORE", "embedding_store"), val_every=10**9, overwrite=True, **{"save_every": 10**9, **kw})
+cfg = TrainConfig(method=method, iterations=iters, overwrite=True,
+                  **{"batch_size": 4, "freeze_encoder": True, "decoder_init": "pretrained", "val_every": 10**9,
+                     "embedding_store": os.environ.get("STORE", "embedding_store"), "save_every": 10**9, **kw})
 t0 = time.time()
 res = run_training(man, out, cfg, progress=False)
 ttrain = time.time() - t0
-pred = Predictor.from_checkpoint(res.model)
+pred = Predictor.from_checkpoint(res.model, device=cfg.device, precision=cfg.precision)
 m = pred.model
 scores = {"unprompted": [], "self_prompt": []}
 for n in val:
     img = io.load_image(root/"images"/n); gt = io.to_slices(io.load_label(root/"masks"/n, img, [255]))[0][0] > 0
     sl = io.normalize(io.to_slices(img)[0])
-    x = torch.from_numpy(io.resize(sl[0], 256, False)[None, None].astype(np.float32))
+    x = torch.from_numpy(io.resize(sl[0], 256, False)[None, None].astype(np.float32)).to(pred.device)
     with torch.no_grad(), pred._autocast():
         emb = m.encode(x)
         for mode in scores:
             p = m.predict_probs(x, self_prompt=mode == "self_prompt", embeddings=emb).float()
-            p = torch.nn.functional.interpolate(p, size=gt.shape, mode="bilinear", align_corners=False)
+            p = torch.nn.functional.interpolate(p.cpu(), size=gt.shape, mode="bilinear", align_corners=False)
             pm = p.argmax(1)[0].numpy() == 1
             d = 1.0 if pm.sum() + gt.sum() == 0 else 2 * (pm & gt).sum() / (pm.sum() + gt.sum())
             scores[mode].append(float(d))
 summary = {"method": method, "iters": iters, "config": kw, "train_s": round(ttrain), "iteration": res.iteration,
+           "device": str(pred.device),
            **{k: round(100 * float(np.mean(v)), 2) for k, v in scores.items()},
            "empty_unprompted": None}
 print(json.dumps(summary))
