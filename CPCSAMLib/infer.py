@@ -171,6 +171,59 @@ class Predictor:
 
     # ---- point prompted -------------------------------------------------------------------------
     @torch.no_grad()
+    def predict_slice(self, slice2d: np.ndarray, self_prompt: bool = SELF_PROMPT_DEFAULT) -> np.ndarray:
+        """One raw 2D slice (any intensity range) -> class indices ``[H, W]``, without user prompts
+        (the encoder output is kept, so prompting the same slice next runs only the decoders)."""
+        arr = np.asarray(slice2d, dtype=np.float32)
+        if arr.ndim != 2:
+            raise InputError(f"predict_slice needs one 2D slice, got shape {arr.shape}")
+        emb = self._slice_embedding(io.resize(io.normalize(arr, self.percentiles), self.input_size, is_label=False))
+        with self._autocast():
+            probs = self.model.predict_probs(None, self_prompt=self_prompt, prompt_type=self.prompt_type,
+                                             box_margin=self.box_margin, embeddings=emb).float()
+        probs = torch.nn.functional.interpolate(probs, size=arr.shape, mode="bilinear", align_corners=False)
+        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
+    def predict_slice_with_box(self, slice2d: np.ndarray, box: Sequence[float], class_index: int,
+                               branch: Optional[int] = None) -> np.ndarray:
+        """One slice and a box ``(x0, y0, x1, y1)`` in its pixel grid around one object of class
+        ``class_index`` (1..C) -> class indices ``[H, W]``.
+
+        Each decoder is prompted with the box as that class, as self-prompted inference prompts a
+        component (the other classes keep the decoder's unprompted maps); the two decoders' outputs
+        are averaged (or one decoder with ``branch``). Box prompts are what LiteMedSAM was trained
+        with: models with ``prompt_type`` "box" need them (see :meth:`predict_slice_with_points`).
+        """
+        from .prompts import ComponentBoxes
+
+        arr = np.asarray(slice2d, dtype=np.float32)
+        if arr.ndim != 2:
+            raise InputError(f"predict_slice_with_box needs one 2D slice, got shape {arr.shape}")
+        n = self.model.num_classes
+        if not (1 <= int(class_index) <= n):
+            raise InputError(f"box class {class_index} is not in 1..{n}")
+        h, w = arr.shape
+        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
+            raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {w}x{h} slice")
+        x0, x1 = max(0.0, x0), min(w - 1.0, x1)
+        y0, y1 = max(0.0, y0), min(h - 1.0, y1)
+        norm = io.normalize(arr, self.percentiles)
+        x_in = io.resize(norm, self.input_size, is_label=False)
+        sx, sy = self.input_size / w, self.input_size / h
+        prompt = ComponentBoxes(torch.zeros(1, dtype=torch.long), torch.tensor([int(class_index) - 1]),
+                                torch.tensor([[x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1]],
+                                             dtype=torch.float32))
+        branches = (branch,) if branch else (1, 2)
+        emb = self._slice_embedding(x_in)
+        with self._autocast():
+            probs = sum(self.model.decode_component_boxes(b, emb, prompt, self.model.decode(b, emb).float()).softmax(1)
+                        for b in branches) / len(branches)
+        probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
     def predict_slice_with_points(self, slice2d: np.ndarray, points: Sequence[Tuple[float, float, int]],
                                   branch: Optional[int] = None) -> np.ndarray:
         """One slice and clicks ``(x, y, class_index)`` in its pixel grid -> class indices ``[H, W]``.
@@ -190,7 +243,7 @@ class Predictor:
                 raise InputError(f"point class {c} is not in 0..{n}")
             if not (0 <= x < w and 0 <= y < h):
                 raise InputError(f"point ({x}, {y}) lies outside the {w}x{h} slice")
-        norm = io.normalize(arr)
+        norm = io.normalize(arr, self.percentiles)
         x_in = io.resize(norm, self.input_size, is_label=False)
         sx, sy = self.input_size / w, self.input_size / h
         coords = torch.tensor([[[x * sx, y * sy] for x, y, _ in points]], dtype=torch.float32, device=self.device)

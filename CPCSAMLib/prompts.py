@@ -49,6 +49,7 @@ __all__ = [
     "PointPrompts",
     "BoxPrompts",
     "box_prompts_from_label_maps",
+    "component_box",
     "largest_component",
     "center_point",
     "random_point",
@@ -232,7 +233,9 @@ class BoxPrompts:
         return BoxPrompts(self.center.to(device), self.random.to(device), self.present.to(device))
 
 
-def _box(component: np.ndarray, margin: float) -> np.ndarray:
+def component_box(component: np.ndarray, margin: float) -> np.ndarray:
+    """Box ``(x0, y0, x1, y1)`` (float32, pixels) of the non-empty mask ``component``, widened on
+    each side by ``margin`` times its width/height (at least one pixel) and clipped to the map."""
     rows = np.flatnonzero(component.any(1))
     cols = np.flatnonzero(component.any(0))
     x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
@@ -268,7 +271,7 @@ def box_prompts_from_label_maps(maps, num_classes: int, rng=None, margin: float 
             component = largest_component(maps[b] == c)
             if not component.any():
                 continue
-            center[b, c - 1] = _box(component, margin)
+            center[b, c - 1] = component_box(component, margin)
             rand[b, c - 1] = _jitter(center[b, c - 1], component.shape, rng)
             present[b, c - 1] = True
     return BoxPrompts(torch.from_numpy(center), torch.from_numpy(rand), torch.from_numpy(present))
@@ -316,6 +319,6 @@ def component_boxes_from_label_maps(maps, num_classes: int, margin: float = 0.1,
                     break
                 index.append(b)
                 cls.append(c - 1)
-                boxes.append(_box(labelled == k + 1, margin))
+                boxes.append(component_box(labelled == k + 1, margin))
     return ComponentBoxes(torch.tensor(index, dtype=torch.long), torch.tensor(cls, dtype=torch.long),
                           torch.from_numpy(np.stack(boxes)) if boxes else torch.zeros((0, 4)))

@@ -23,16 +23,21 @@ Writing the result (:func:`write_slices_to_segment`) replaces the segment on the
 only: their voxels are first removed, then the new masks added, both restricted to the slices'
 extent (the Segment Editor's "Set" mode would clear the whole segment first).
 
-Propagation (:func:`propagate`) re-prompts each neighbouring slice with the centre point of the
-largest component of the previous slice's result (``prompts.largest_component`` /
-``prompts.center_point``, as the paper derives prompts) and stops when a prediction is empty or
-after N slices in each direction.
+Prompts follow the model's prompt type. Point models (SAM ViT): clicks are points. Box models
+(LiteMedSAM, trained with boxes only; a point gives it little): a drag draws a box
+(:func:`box_from_corners`), and a click without a drag boxes the component of the class under it
+in the slice's unprompted prediction (:func:`box_at_click`).
+
+Propagation (:func:`propagate`) re-prompts each neighbouring slice from the largest component of
+the previous slice's result: its centre point (:func:`point_prompt`, as the paper derives
+prompts) or its box with a margin (:func:`box_prompt`, as self-prompted inference does), and
+stops when a prediction is empty or after N slices in each direction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,16 +55,30 @@ __all__ = [
     "write_slice",
     "slice_extent",
     "PointPromptSession",
+    "MIN_DRAG_PIXELS",
+    "BOX_MARGIN",
+    "box_from_corners",
+    "box_at_click",
+    "point_prompt",
+    "box_prompt",
     "predict_mask",
     "propagate",
     "propagation_steps",
     "pick_model",
     "segment_with_points",
+    "segment_with_box",
     "modifier_for_slices",
     "write_slices_to_segment",
 ]
 
-PredictFn = Callable[[np.ndarray, List[Tuple[float, float, int]]], np.ndarray]
+# predict(slice2d, prompt) -> class indices [H, W]; the prompt is a list of (x, y, class index)
+# points (Predictor.predict_slice_with_points) or a box (x0, y0, x1, y1) of the class being segmented
+PredictFn = Callable[[np.ndarray, Any], np.ndarray]
+Box = Tuple[float, float, float, float]
+
+MIN_DRAG_PIXELS = 3  # a press and release closer than this (slice pixels) on both axes is a click
+BOX_MARGIN = 0.1  # box prompts from a mask are widened like self-prompted inference's (predict_probs)
+CLICK_NEAR_PIXELS = 3.0  # a click this close to a predicted component selects it
 
 
 def _check_axis(axis: int) -> int:
@@ -214,10 +233,57 @@ class PointPromptSession:
         self.points = []
 
 
+# ---------------------------------------------------------------------------- boxes
+def box_from_corners(a: Sequence[float], b: Sequence[float], min_size: float = MIN_DRAG_PIXELS) -> Optional[Box]:
+    """The box ``(x0, y0, x1, y1)`` spanned by a drag from slice pixel ``a`` to ``b``, or None when
+    the drag is shorter than ``min_size`` pixels along both axes (a click)."""
+    (xa, ya), (xb, yb) = a, b
+    if abs(xb - xa) < min_size and abs(yb - ya) < min_size:
+        return None
+    return (float(min(xa, xb)), float(min(ya, yb)), float(max(xa, xb)), float(max(ya, yb)))
+
+
+def box_at_click(labels: np.ndarray, x: int, y: int, class_index: int, margin: float = BOX_MARGIN,
+                 near: float = CLICK_NEAR_PIXELS) -> Optional[Box]:
+    """The box (widened by ``margin``) of the 8-connected component of ``class_index`` in
+    ``labels`` (class indices ``[H, W]``, e.g. the slice's unprompted prediction) under the click,
+    or the nearest one within ``near`` pixels; None when there is none."""
+    from scipy import ndimage
+
+    from ..prompts import component_box
+
+    labels = np.asarray(labels)
+    if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+        raise InputError(f"click ({x}, {y}) lies outside the {labels.shape[1]}x{labels.shape[0]} slice")
+    regions, count = ndimage.label(labels == int(class_index), structure=np.ones((3, 3)))
+    if count == 0:
+        return None
+    distance, (rows, cols) = ndimage.distance_transform_edt(regions == 0, return_indices=True)
+    if distance[y, x] > near:
+        return None
+    region = regions[rows[y, x], cols[y, x]]
+    return tuple(float(v) for v in component_box(regions == region, margin))  # type: ignore[return-value]
+
+
+def point_prompt(component: np.ndarray, class_index: int) -> List[Tuple[int, int, int]]:
+    """Propagation prompt of point models: the centre point of ``component``."""
+    from ..prompts import center_point
+
+    x, y = center_point(component)
+    return [(x, y, int(class_index))]
+
+
+def box_prompt(component: np.ndarray, class_index: int, margin: float = BOX_MARGIN) -> Box:
+    """Propagation prompt of box models: the box of ``component`` widened by ``margin``."""
+    from ..prompts import component_box
+
+    return tuple(float(v) for v in component_box(component, margin))  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------------------- prediction
-def predict_mask(predict: PredictFn, slice2d: np.ndarray, points, class_index: int) -> np.ndarray:
-    """Boolean mask of ``class_index`` in ``predict(slice2d, points)`` (class indices [H, W])."""
-    result = np.asarray(predict(np.asarray(slice2d, dtype=np.float32), list(points)))
+def predict_mask(predict: PredictFn, slice2d: np.ndarray, prompt, class_index: int) -> np.ndarray:
+    """Boolean mask of ``class_index`` in ``predict(slice2d, prompt)`` (class indices [H, W])."""
+    result = np.asarray(predict(np.asarray(slice2d, dtype=np.float32), prompt))
     if result.shape != np.asarray(slice2d).shape:
         raise InputError(f"the prediction has shape {result.shape}, the slice {np.asarray(slice2d).shape}")
     return result == int(class_index)
@@ -225,15 +291,18 @@ def predict_mask(predict: PredictFn, slice2d: np.ndarray, points, class_index: i
 
 def propagation_steps(predict: PredictFn, volume: np.ndarray, axis: int, start_index: int,
                       start_mask: np.ndarray, class_index: int, max_slices: int,
-                      directions: Iterable[int] = (1, -1)) -> Iterator[Tuple[int, np.ndarray]]:
+                      directions: Iterable[int] = (1, -1),
+                      prompt_from_mask: Callable[[np.ndarray, int], Any] = point_prompt
+                      ) -> Iterator[Tuple[int, np.ndarray]]:
     """The propagation one slice at a time: yields ``(index, bool mask)`` for each new slice.
 
-    For each direction, the next slice is prompted with the centre point of the largest
-    8-connected component of the previous slice's mask; it stops at the first empty prediction,
-    at the volume's border, or after ``max_slices`` slices. A caller (the effect's timer) may
-    stop iterating at any time; each step is one model call.
+    For each direction, the next slice is prompted with ``prompt_from_mask`` of the largest
+    8-connected component of the previous slice's mask (:func:`point_prompt` or
+    :func:`box_prompt`); it stops at the first empty prediction, at the volume's border, or after
+    ``max_slices`` slices. A caller (the effect's timer) may stop iterating at any time; each step
+    is one model call.
     """
-    from ..prompts import center_point, largest_component
+    from ..prompts import largest_component
 
     volume = _check_volume(volume)
     axis = _check_axis(axis)
@@ -247,8 +316,8 @@ def propagation_steps(predict: PredictFn, volume: np.ndarray, axis: int, start_i
             component = largest_component(previous)
             if not component.any():
                 break
-            x, y = center_point(component)
-            mask = predict_mask(predict, extract_slice(volume, axis, index), [(x, y, class_index)], class_index)
+            prompt = prompt_from_mask(component, class_index)
+            mask = predict_mask(predict, extract_slice(volume, axis, index), prompt, class_index)
             if not mask.any():
                 break
             yield index, mask
@@ -256,10 +325,11 @@ def propagation_steps(predict: PredictFn, volume: np.ndarray, axis: int, start_i
 
 
 def propagate(predict: PredictFn, volume: np.ndarray, axis: int, start_index: int, start_mask: np.ndarray,
-              class_index: int, max_slices: int, directions: Iterable[int] = (1, -1)) -> Dict[int, np.ndarray]:
+              class_index: int, max_slices: int, directions: Iterable[int] = (1, -1),
+              prompt_from_mask: Callable[[np.ndarray, int], Any] = point_prompt) -> Dict[int, np.ndarray]:
     """All of :func:`propagation_steps` at once: ``{index: bool mask}`` (without the start slice)."""
     return dict(propagation_steps(predict, volume, axis, start_index, start_mask, class_index, max_slices,
-                                  directions))
+                                  directions, prompt_from_mask))
 
 
 def pick_model(current: Optional[str], history: Sequence[str]) -> Optional[str]:
@@ -280,6 +350,16 @@ def pick_model(current: Optional[str], history: Sequence[str]) -> Optional[str]:
     return latest if os.path.getmtime(latest) > os.path.getmtime(current) else current
 
 
+def _segment(predict: PredictFn, volume: np.ndarray, axis: int, index: int, prompt, class_index: int,
+             propagate_slices: int, prompt_from_mask) -> Dict[int, np.ndarray]:
+    mask = predict_mask(predict, extract_slice(volume, axis, index), prompt, class_index)
+    results = {int(index): mask}
+    if propagate_slices > 0 and mask.any():
+        results.update(propagate(predict, volume, axis, index, mask, class_index, propagate_slices,
+                                 prompt_from_mask=prompt_from_mask))
+    return results
+
+
 def segment_with_points(predict: PredictFn, volume: np.ndarray, axis: int, index: int, points,
                         class_index: int, propagate_slices: int = 0) -> Dict[int, np.ndarray]:
     """Mask of ``class_index`` on slice ``index`` from the clicks, then (optionally) propagated.
@@ -289,11 +369,19 @@ def segment_with_points(predict: PredictFn, volume: np.ndarray, axis: int, index
     volume = _check_volume(volume)
     if not points:
         raise InputError("at least one point is needed")
-    mask = predict_mask(predict, extract_slice(volume, axis, index), points, class_index)
-    results = {int(index): mask}
-    if propagate_slices > 0 and mask.any():
-        results.update(propagate(predict, volume, axis, index, mask, class_index, propagate_slices))
-    return results
+    return _segment(predict, volume, axis, index, list(points), class_index, propagate_slices, point_prompt)
+
+
+def segment_with_box(predict: PredictFn, volume: np.ndarray, axis: int, index: int, box: Sequence[float],
+                     class_index: int, propagate_slices: int = 0) -> Dict[int, np.ndarray]:
+    """Mask of ``class_index`` on slice ``index`` from a box ``(x0, y0, x1, y1)`` in its pixels
+    (``predict(slice2d, box)``, e.g. ``Predictor.predict_slice_with_box`` for that class), then
+    (optionally) propagated with the box of each result. Returns ``{slice index: bool mask}``."""
+    volume = _check_volume(volume)
+    if len(box) != 4:
+        raise InputError(f"a box is (x0, y0, x1, y1), got {box!r}")
+    return _segment(predict, volume, axis, index, tuple(float(v) for v in box), class_index, propagate_slices,
+                    box_prompt)
 
 
 def modifier_for_slices(shape_kji: Sequence[int], axis: int, masks: Dict[int, np.ndarray]):

@@ -357,3 +357,59 @@ def test_the_effect_picks_the_latest_trained_model(tmp_path):
     assert el.pick_model(str(chosen), history) == str(chosen)
     assert el.pick_model(str(old), [str(tmp_path / "gone.pt")]) == str(old)
     assert el.pick_model("", []) is None
+
+
+class BoxOracle(Oracle):
+    """predict(slice2d, box) -> class indices: the ground-truth regions that overlap the box, cut
+    to it (what a perfect box-prompted model would return)."""
+
+    def __call__(self, slice2d, box):
+        index = self._index_of(slice2d)
+        self.calls.append((index, tuple(box)))
+        truth = el.extract_slice(self.label, self.axis, index) > 0
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        inside = np.zeros_like(truth)
+        inside[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = True
+        return (truth & inside).astype(np.uint8) * self.class_index
+
+
+def test_drag_box_then_propagate_with_boxes_on_the_real_tumour(breast):
+    _, volume, label = breast
+    oracle = BoxOracle(volume, label, axis=2)
+    tumour = largest_component(label[9] > 0)
+    rows, cols = np.nonzero(tumour)
+    # a drag from the lower right to the upper left corner: the same box
+    box = el.box_from_corners((cols.max() + 2, rows.max() + 2), (cols.min() - 2, rows.min() - 2))
+    assert box == (cols.min() - 2, rows.min() - 2, cols.max() + 2, rows.max() + 2)
+    masks = el.segment_with_box(oracle, volume, 2, 9, box, class_index=1, propagate_slices=5)
+    assert sorted(masks) == [8, 9, 10]
+    np.testing.assert_array_equal(masks[9], tumour)
+    prompted = dict(oracle.calls)
+    # each neighbour was prompted with the box (10 % margin) of the previous slice's result
+    assert prompted[10] == el.box_prompt(largest_component(masks[9]), 1)
+    assert prompted[8] == el.box_prompt(largest_component(masks[9]), 1)
+    assert sorted(prompted) == [7, 8, 9, 10, 11]
+    x0, y0, x1, y1 = prompted[10]
+    w, h = cols.max() - cols.min() + 1, rows.max() - rows.min() + 1
+    assert x0 < cols.min() and x1 > cols.max() and (x1 - x0) <= 1.3 * w + 2 and (y1 - y0) <= 1.3 * h + 2
+    with pytest.raises(InputError, match="a box is"):
+        el.segment_with_box(oracle, volume, 2, 9, (1, 2, 3), 1)
+
+
+def test_a_short_drag_is_a_click_and_a_click_boxes_the_component_under_it(breast):
+    _, _, label = breast
+    assert el.box_from_corners((10, 10), (12, 11)) is None  # under MIN_DRAG_PIXELS on both axes
+    assert el.box_from_corners((10, 10), (10, 10 + el.MIN_DRAG_PIXELS)) == (10, 10, 10, 10 + el.MIN_DRAG_PIXELS)
+    labels = (label[9] > 0).astype(np.uint8)
+    tumour = largest_component(labels > 0)
+    x, y = center_point(tumour)
+    box = el.box_at_click(labels, x, y, 1)
+    assert box == el.box_prompt(tumour, 1)
+    # just outside the component still selects it; far away or another class does not
+    rows, cols = np.nonzero(tumour)
+    edge_row = rows[np.argmin(cols)]
+    assert el.box_at_click(labels, int(cols.min()) - 2, int(edge_row), 1) == box
+    assert el.box_at_click(labels, 0, 0, 1) is None
+    assert el.box_at_click(labels, x, y, 2) is None
+    with pytest.raises(InputError, match="outside"):
+        el.box_at_click(labels, labels.shape[1], 0, 1)

@@ -213,6 +213,17 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     assert masks[0].shape == truth.shape and masks[0].dtype == bool
     modifier, first, last = effect_logic.modifier_for_slices(volume.shape, 2, masks)
     assert (first, last) == (0, 0) and modifier.sum() == masks[0].sum()
+    # box models (LiteMedSAM, the default): a box dragged around the lesion gives its mask
+    assert predictor.prompt_type == "box"
+    rows, cols = np.nonzero(largest_component(truth))
+    box = effect_logic.box_from_corners((cols.max(), rows.max()), (cols.min(), rows.min()))
+    boxed = effect_logic.segment_with_box(lambda s, b: predictor.predict_slice_with_box(s, b, 1), volume, 2, 0,
+                                          box, class_index=1, propagate_slices=3)
+    assert list(boxed) == [0]
+    dice = 2 * (boxed[0] & truth).sum() / (boxed[0].sum() + truth.sum())
+    assert dice > 0.75, dice
+    # the click path's unprompted prediction of one slice is the engine's prediction of the image
+    np.testing.assert_array_equal(predictor.predict_slice(volume[0]) == 1, expected[0])
     print(f"\ntrain 2 iterations (with process start-up) {train_seconds:.1f} s, apply {apply_seconds:.1f} s, "
           f"in-process Predictor load + predict {predictor_seconds:.1f} s")
 
