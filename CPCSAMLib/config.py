@@ -65,6 +65,14 @@ def option(default: Any, flag: str, help: str, *, kind: type, choices: tuple = (
     return dataclasses.field(default=default, metadata=meta)
 
 
+def resolve_prompt_type(prompt_type: str, backbone: str) -> str:
+    """The ``--prompt-type`` rule: ``auto`` is box prompts for LiteMedSAM (trained with boxes) and
+    points for SAM ViT; ``box`` and ``point`` stand."""
+    if prompt_type != "auto":
+        return prompt_type
+    return "box" if backbone == "litemedsam" else "point"
+
+
 @dataclass
 class TrainConfig:
     """Training options. Defaults follow the paper unless a field's help says otherwise."""
@@ -198,9 +206,7 @@ class TrainConfig:
 
     def resolved_prompt_type(self) -> str:
         """``auto``: box prompts for LiteMedSAM (trained with boxes), points for SAM ViT."""
-        if self.prompt_type != "auto":
-            return self.prompt_type
-        return "box" if self.backbone == "litemedsam" else "point"
+        return resolve_prompt_type(self.prompt_type, self.backbone)
 
     def resolved_default_prompt(self) -> str:
         """``auto``: the whole-image box for box prompts, SAM's empty prompt for points."""

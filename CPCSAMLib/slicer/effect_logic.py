@@ -48,6 +48,7 @@ __all__ = [
     "axis_alignment",
     "ras_to_ijk",
     "locate_click",
+    "locate_drag",
     "extract_slice",
     "slice_shape",
     "ijk_to_xy",
@@ -145,6 +146,23 @@ def locate_click(ijk_to_ras, ras_point, slice_normal_ras, shape_kji: Sequence[in
     if not (0 <= x < cols and 0 <= y < rows):
         return None
     return axis, index, (x, y)
+
+
+def locate_drag(ijk_to_ras, ras_start, ras_end, slice_normal_ras, shape_kji: Sequence[int],
+                origin: Sequence[int] = (0, 0, 0)):
+    """Where a drag on a slice view falls: ``(axis, index, (x0, y0), (x1, y1))`` or None.
+
+    The press picks the slice as :func:`locate_click` does (None when it lies outside the
+    volume); the release point is taken on that slice and clipped to it, so a box may be dragged
+    beyond the image's edge.
+    """
+    located = locate_click(ijk_to_ras, ras_start, slice_normal_ras, shape_kji, origin)
+    if located is None:
+        return None
+    axis, index, start = located
+    x, y = ijk_to_xy(ras_to_ijk(ijk_to_ras, ras_end) - np.asarray(origin, dtype=float)[:3], axis)
+    rows, cols = slice_shape(shape_kji, axis)
+    return axis, index, start, (int(np.clip(x, 0, cols - 1)), int(np.clip(y, 0, rows - 1)))
 
 
 # ---------------------------------------------------------------------------- slices

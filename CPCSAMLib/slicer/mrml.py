@@ -880,6 +880,24 @@ def model_classes(model_path) -> List[dict]:
     raise InputError(f"No class list found next to model '{model_path}' (job.json or config.json).")
 
 
+def model_prompt_type(model_path) -> str:
+    """``"box"`` or ``"point"``: the prompts a trained model takes (the Segment Editor effect draws
+    boxes or takes clicks). Read from the ``config.json`` written beside the checkpoint, without
+    loading it; else from the checkpoint's model card (loads it with torch)."""
+    from ..config import TrainConfig, resolve_prompt_type
+
+    config_path = Path(model_path).parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))["config"]
+        defaults = TrainConfig()
+        return resolve_prompt_type(config.get("prompt_type", defaults.prompt_type),
+                                   config.get("backbone", defaults.backbone))
+    except (OSError, ValueError, KeyError, TypeError):
+        from ..checkpoint import load_checkpoint
+
+        return str(load_checkpoint(model_path)["model_card"]["prompt_type"])
+
+
 def _classes_from_json(path: Path) -> Optional[List[dict]]:
     if not path.is_file():
         return None

@@ -1,20 +1,25 @@
-"""CPC-SAM Segment Editor effect: point prompts on a slice view -> the selected segment.
+"""CPC-SAM Segment Editor effect: prompts on a slice view -> the selected segment.
 
-Left click on a slice view: a foreground point of the class chosen for the selected segment;
-Shift + left click: a background point (label 0). The points of the current slice accumulate (a
-new slice, segment or class starts over). The slice is cut from the source volume along the IJK
-axis closest to the view's normal (the IJK slice closest to the view), segmented by
-``Predictor.predict_slice_with_points`` of a model trained by the CPC-SAM module, and written
-into the selected segment for that slice only (undoable; the rest of the segment, earlier
-results and manual painting, is kept). With "propagate", the neighbouring slices are segmented
-in turn from the centre point of the previous slice's result until a prediction is empty or N
-slices are done in each direction; this runs one slice per timer tick, so the GUI stays
-responsive, shows the progress and can stop it.
+The prompts follow the model (``mrml.model_prompt_type``). Box models (LiteMedSAM, the default;
+trained with boxes only): drag a box around the structure (a yellow rubber band shows it), or
+click on a structure that the model already finds unprompted on that slice (its component is
+boxed). Point models (SAM ViT): left click is a foreground point of the class chosen for the
+selected segment, Shift + left click a background point (label 0); the points of the current
+slice accumulate (a new slice, segment or class starts over). The slice is cut from the source
+volume along the IJK axis closest to the view's normal (the IJK slice closest to the view),
+segmented by ``Predictor.predict_slice_with_box`` / ``predict_slice_with_points`` of a model
+trained by the CPC-SAM module, and written into the selected segment for that slice only
+(undoable; the rest of the segment, earlier results and manual painting, is kept). With
+"propagate", the neighbouring slices are segmented in turn from the previous slice's result (its
+box, or its centre point) until a prediction is empty or N slices are done in each direction;
+this runs one slice per timer tick, so the GUI stays responsive, shows the progress and can stop
+it.
 
-The geometry, the propagation and the labelmap write are Qt-free and tested outside Slicer with
-slicer-core: ``CPCSAMLib/slicer/effect_logic.py``.
+The geometry, the prompts, the propagation and the labelmap write are Qt-free and tested outside
+Slicer with slicer-core: ``CPCSAMLib/slicer/effect_logic.py``.
 """
 
+import functools
 import logging
 import os
 
@@ -41,7 +46,7 @@ PARAMETER_DEVICE = "CPCSAM.Device"
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
-    """Point-prompted CPC-SAM segmentation of the selected segment."""
+    """Box- or point-prompted CPC-SAM segmentation of the selected segment."""
 
     def __init__(self, scriptedEffect):
         scriptedEffect.name = "CPC-SAM"
@@ -56,6 +61,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._lastSegmentName = None
         self._propagation = None  # running propagation: dict(steps, masks, write, total)
         self._propagationTimer = None
+        self._band = None  # the box being dragged (box models)
+        self._promptTypeKey = None
+        self._promptTypeValue = "point"
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -72,13 +80,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon()
 
     def helpText(self):
-        return """<html>Segment with a model trained by the CPC-SAM module, from point clicks.<br>
-<b>Left click</b> on a slice view: foreground point of the chosen class for the selected segment.
-<b>Shift + left click</b>: background point. Points on the same slice accumulate; the result of
-that slice replaces the segment on that slice only (Undo restores it; other slices are kept).
-With <i>Propagate</i>, the neighbouring slices are segmented too, each from the centre of the
-previous slice's result (<i>Stop</i> ends it). The model defaults to the one trained last by the
-CPC-SAM module.</html>"""
+        return """<html>Segment with a model trained by the CPC-SAM module.<br>
+<b>Box models</b> (LiteMedSAM, the default): <b>drag</b> a box around the structure on a slice
+view, or <b>click</b> on a structure the model already finds on that slice.
+<b>Point models</b> (SAM ViT): <b>left click</b> adds a foreground point of the chosen class,
+<b>Shift + left click</b> a background point; points on the same slice accumulate.<br>
+The result replaces the segment on that slice only (Undo restores it; other slices are kept).
+With <i>Propagate</i>, the neighbouring slices are segmented too, each prompted from the previous
+slice's result (<i>Stop</i> ends it). The model defaults to the one trained last by the CPC-SAM
+module.</html>"""
 
     # ------------------------------------------------------------------ options
     def setupOptionsFrame(self):
@@ -102,9 +112,9 @@ CPC-SAM module.</html>"""
         self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceComboBox)
 
         self.propagateCheckBox = qt.QCheckBox("Propagate to neighbouring slices")
-        self.propagateCheckBox.toolTip = ("Segment the next slices on both sides too, each prompted with the "
-                                          "centre point of the previous slice's result, until the result is "
-                                          "empty or the number of slices is reached.")
+        self.propagateCheckBox.toolTip = ("Segment the next slices on both sides too, each prompted from the "
+                                          "previous slice's result (its box, or its centre point for point "
+                                          "models), until the result is empty or the number of slices is reached.")
         self.slicesSpinBox = qt.QSpinBox()
         self.slicesSpinBox.setRange(1, 500)
         self.slicesSpinBox.toolTip = "Maximum number of slices in each direction."
@@ -162,6 +172,7 @@ CPC-SAM module.</html>"""
     def deactivate(self):
         self._finishPropagation()
         self.session.reset()
+        self._removeBand()
 
     def _loadClasses(self, modelPath):
         if modelPath == self._classesModel:
@@ -215,6 +226,8 @@ CPC-SAM module.</html>"""
             self.statusLabel.text = "Choose a model trained by the CPC-SAM module."
         elif not self._classes:
             self.statusLabel.text = "The model's classes could not be read."
+        elif self._promptType(modelPath) == "box":
+            self.statusLabel.text = "Drag a box around the structure on a slice view (or click on a found one)."
         else:
             self.statusLabel.text = "Click on a slice view (Shift+click: background point)."
 
@@ -236,22 +249,68 @@ CPC-SAM module.</html>"""
 
     # ------------------------------------------------------------------ interaction
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        if viewWidget.className() != "qMRMLSliceWidget" or eventId != vtk.vtkCommand.LeftButtonPressEvent:
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            if self._band is None or self._band.viewWidget != viewWidget:
+                return False
+            self._band.update(callerInteractor.GetEventPosition())
+            return True
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
+            if self._band is None:
+                return False
+            band = self._band
+            self._removeBand()
+            end = callerInteractor.GetEventPosition()
+            return self._run(lambda: self.segmentFromBox(band.viewWidget, band.start, end))
+        if eventId != vtk.vtkCommand.LeftButtonPressEvent:
             return False
         if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
             return False  # leave Ctrl/Alt clicks to Slicer
         if self._propagation is not None:
             self.statusLabel.text = "Propagation is running: wait for it or press Stop."
             return True
-        foreground = not callerInteractor.GetShiftKey()
         xy = callerInteractor.GetEventPosition()
+        if self._promptType(self.scriptedEffect.parameter(PARAMETER_MODEL)) == "box":
+            if callerInteractor.GetShiftKey():
+                return False  # no background prompt for boxes
+            confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
+            if confirmed in (self.scriptedEffect.NotConfirmed, self.scriptedEffect.ConfirmedWithDialog):
+                # as Slicer's Draw effect: the dialog took the mouse, so this press does not start a box
+                return True
+            self._removeBand()
+            self._band = BoxBand(self.scriptedEffect, viewWidget, xy)
+            return True
+        foreground = not callerInteractor.GetShiftKey()
+        return self._run(lambda: self.segmentFromClick(viewWidget, xy, foreground))
+
+    def _run(self, action):
         try:
             with slicer.util.WaitCursor():
-                self.segmentFromClick(viewWidget, xy, foreground)
+                action()
         except Exception as exc:  # noqa: BLE001 - shown to the user, the event is consumed
             logging.exception("CPC-SAM effect failed")
             slicer.util.errorDisplay(f"CPC-SAM: {exc}")
         return True
+
+    def _removeBand(self):
+        if self._band is not None:
+            self._band.remove()
+            self._band = None
+
+    def _promptType(self, modelPath):
+        """``"box"`` or ``"point"`` for the chosen model (read from its config.json, cached)."""
+        if not modelPath or not os.path.isfile(modelPath):
+            return "point"  # no model: a click reports that one must be chosen
+        key = (modelPath, os.path.getmtime(modelPath))
+        if key != self._promptTypeKey:
+            try:
+                self._promptTypeValue = cpcsamMrml.model_prompt_type(modelPath)
+            except Exception as exc:  # noqa: BLE001 - the click then reports the unreadable model
+                logging.warning(f"CPC-SAM: cannot read the prompt type of {modelPath}: {exc}")
+                self._promptTypeValue = "point"
+            self._promptTypeKey = key
+        return self._promptTypeValue
 
     def _sourceImage(self):
         return self.scriptedEffect.sourceVolumeImageData()  # Slicer >= 5.2 (5.8 is the oldest supported)
@@ -282,10 +341,11 @@ CPC-SAM module.</html>"""
         localNormal = transform.TransformVectorAtPoint(ras, normal)
         return np.array(local), np.array(localNormal)
 
-    def segmentFromClick(self, viewWidget, xy, foreground=True):
+    def _target(self, viewWidget):
+        """What a prompt on ``viewWidget`` segments: the selected segment, the model, its class for
+        the segment, the source volume as a ``[K, J, I]`` array with its geometry, and the view."""
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = parameterSetNode.GetSegmentationNode()
-        segmentId = parameterSetNode.GetSelectedSegmentID()
         modelPath = self.scriptedEffect.parameter(PARAMETER_MODEL)
         if not modelPath or not os.path.isfile(modelPath):
             raise ValueError("choose a trained model file (model_best.pt) first")
@@ -294,7 +354,6 @@ CPC-SAM module.</html>"""
         names = [c["name"] for c in self._classes]
         if className not in names:
             raise ValueError("choose the class for the selected segment")
-        classIndex = names.index(className) + 1  # class indices 1..C in the model's order
 
         source = self._sourceImage()
         if source is None or source.GetPointData() is None or source.GetPointData().GetScalars() is None:
@@ -308,23 +367,34 @@ CPC-SAM module.</html>"""
         if comps > 1:  # RGB: luminance
             volume = volume[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         extent = source.GetExtent()
-        origin = (extent[0], extent[2], extent[4])
         imageToWorld = vtk.vtkMatrix4x4()
         source.GetImageToWorldMatrix(imageToWorld)
-        ijkToRas = self._matrixToArray(imageToWorld)
-
         sliceNode = viewWidget.sliceLogic().GetSliceNode()
-        xyToRas = self._matrixToArray(sliceNode.GetXYToRAS())
-        ras = (xyToRas @ np.array([xy[0], xy[1], 0.0, 1.0]))[:3]
-        normal = self._matrixToArray(sliceNode.GetSliceToRAS())[:3, 2]
-        ras, normal = self._worldToSegmentation(segmentationNode, ras, normal)
+        return {
+            "segmentationNode": segmentationNode, "segmentId": parameterSetNode.GetSelectedSegmentID(),
+            "modelPath": modelPath, "classIndex": names.index(className) + 1,  # 1..C in the model's order
+            "className": className, "volume": volume, "origin": (extent[0], extent[2], extent[4]),
+            "imageToWorld": imageToWorld, "ijkToRas": self._matrixToArray(imageToWorld),
+            "xyToRas": self._matrixToArray(sliceNode.GetXYToRAS()),
+            "normal": self._matrixToArray(sliceNode.GetSliceToRAS())[:3, 2],
+        }
 
-        located = effect_logic.locate_click(ijkToRas, ras, normal, volume.shape, origin)
+    def _ras(self, target, xy):
+        """RAS (in the segmentation's frame) of a view position, and the view's normal there."""
+        ras = (target["xyToRas"] @ np.array([xy[0], xy[1], 0.0, 1.0]))[:3]
+        return self._worldToSegmentation(target["segmentationNode"], ras, target["normal"])
+
+    def segmentFromClick(self, viewWidget, xy, foreground=True):
+        """Point models: a click adds a point on its slice, which is then segmented."""
+        target = self._target(viewWidget)
+        ras, normal = self._ras(target, xy)
+        volume, classIndex = target["volume"], target["classIndex"]
+        located = effect_logic.locate_click(target["ijkToRas"], ras, normal, volume.shape, target["origin"])
         if located is None:
             raise ValueError("the click is outside the source volume")
         axis, index, (x, y) = located
 
-        key = (segmentationNode.GetID(), segmentId, axis, index, classIndex, modelPath)
+        key = (target["segmentationNode"].GetID(), target["segmentId"], axis, index, classIndex, target["modelPath"])
         points = self.session.add(key, x, y, classIndex, foreground)
         if not self.session.has_foreground():
             self.statusLabel.text = "Background point kept; click inside the structure to add a foreground point."
@@ -333,11 +403,46 @@ CPC-SAM module.</html>"""
         if not self.scriptedEffect.confirmCurrentSegmentVisible():
             return  # the user did not confirm editing a hidden segment
 
-        predictor = self._predictorFor(modelPath, self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
-        mask = effect_logic.predict_mask(predictor.predict_slice_with_points,
-                                         effect_logic.extract_slice(volume, axis, index), points, classIndex)
-        imageToWorld = vtk.vtkMatrix4x4()
-        source.GetImageToWorldMatrix(imageToWorld)
+        predictor = self._predictorFor(target["modelPath"], self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
+        predict = predictor.predict_slice_with_points
+        mask = effect_logic.predict_mask(predict, effect_logic.extract_slice(volume, axis, index), points, classIndex)
+        self._writeAndPropagate(target, axis, index, mask, predict, effect_logic.point_prompt,
+                                f"{len(points)} point(s) on slice {index}: ")
+
+    def segmentFromBox(self, viewWidget, start, end):
+        """Box models: a drag from ``start`` to ``end`` (view positions) is a box on the press's
+        slice; a click boxes the class's component under it in the slice's unprompted prediction."""
+        target = self._target(viewWidget)
+        rasStart, normal = self._ras(target, start)
+        rasEnd, _ = self._ras(target, end)
+        volume, classIndex = target["volume"], target["classIndex"]
+        dragged = effect_logic.locate_drag(target["ijkToRas"], rasStart, rasEnd, normal, volume.shape, target["origin"])
+        if dragged is None:
+            raise ValueError("the box starts outside the source volume")
+        axis, index, a, b = dragged
+        predictor = self._predictorFor(target["modelPath"], self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
+        slice2d = effect_logic.extract_slice(volume, axis, index)
+        box = effect_logic.box_from_corners(a, b)
+        what = f"Box on slice {index}: "
+        if box is None:  # a click
+            labels = predictor.predict_slice(slice2d, self_prompt=False)
+            box = effect_logic.box_at_click(labels, a[0], a[1], classIndex, margin=predictor.box_margin)
+            if box is None:
+                self.statusLabel.text = (f"The model finds no {target['className']} under the click on slice {index}: "
+                                         "drag a box around the structure.")
+                return
+            what = f"Click on slice {index}, the {target['className']} found there boxed: "
+
+        def predict(s, box):
+            return predictor.predict_slice_with_box(s, box, classIndex)
+
+        mask = effect_logic.predict_mask(predict, slice2d, box, classIndex)
+        self._writeAndPropagate(target, axis, index, mask, predict,
+                                functools.partial(effect_logic.box_prompt, margin=predictor.box_margin), what)
+
+    def _writeAndPropagate(self, target, axis, index, mask, predict, promptFromMask, what):
+        """Write slice ``index``'s result (undoable), then start the propagation if asked."""
+        volume = target["volume"]
         abstractEffect = slicer.qSlicerSegmentEditorAbstractEffect
 
         def write(masks):
@@ -346,17 +451,16 @@ CPC-SAM module.</html>"""
                 lambda modifier, mode, extent: self.scriptedEffect.modifySelectedSegmentByLabelmap(
                     modifier, mode, list(extent)),
                 abstractEffect.ModificationModeRemove, abstractEffect.ModificationModeAdd,
-                volume.shape, axis, masks, origin, imageToWorld)
+                volume.shape, axis, masks, target["origin"], target["imageToWorld"])
 
         self.scriptedEffect.saveStateForUndo()
         write({index: mask})
-        self.statusLabel.text = (f"{len(points)} point(s) on slice {index}: "
-                                 + ("segmented." if mask.any() else "nothing found."))
+        self.statusLabel.text = what + ("segmented." if mask.any() else "nothing found.")
         slices = self.scriptedEffect.integerParameter(PARAMETER_SLICES) \
             if self.scriptedEffect.integerParameter(PARAMETER_PROPAGATE) else 0
         if slices > 0 and mask.any():
-            steps = effect_logic.propagation_steps(predictor.predict_slice_with_points, volume, axis, index,
-                                                   mask, classIndex, slices)
+            steps = effect_logic.propagation_steps(predict, volume, axis, index, mask, target["classIndex"], slices,
+                                                   prompt_from_mask=promptFromMask)
             self._propagation = {"steps": steps, "masks": {}, "write": write, "total": 2 * slices,
                                  "tried": 0, "index": index}
             self.progressBar.setRange(0, 2 * slices)
@@ -401,3 +505,40 @@ CPC-SAM module.</html>"""
         state["write"](masks)
         self.statusLabel.text = (f"Slice {state['index']} and {len(masks)} propagated slice(s) "
                                  f"({min(masks)}..{max(masks)}) segmented.")
+
+
+class BoxBand:
+    """The rubber band of a box being dragged on one slice view (display XY coordinates), drawn
+    as Slicer's Draw effect draws its outline: a 2D actor added through the scripted effect."""
+
+    def __init__(self, scriptedEffect, viewWidget, xy):
+        self.scriptedEffect, self.viewWidget, self.start = scriptedEffect, viewWidget, tuple(xy)
+        self.points = vtk.vtkPoints()
+        for _ in range(4):
+            self.points.InsertNextPoint(xy[0], xy[1], 0.0)
+        lines = vtk.vtkCellArray()
+        lines.InsertNextCell(5)
+        for i in (0, 1, 2, 3, 0):
+            lines.InsertCellPoint(i)
+        self.polyData = vtk.vtkPolyData()
+        self.polyData.SetPoints(self.points)
+        self.polyData.SetLines(lines)
+        mapper = vtk.vtkPolyDataMapper2D()
+        mapper.SetInputData(self.polyData)
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetColor(1, 1, 0)
+        self.actor.GetProperty().SetLineWidth(1)
+        scriptedEffect.addActor2D(viewWidget, self.actor)
+
+    def update(self, xy):
+        (x0, y0), (x1, y1) = self.start, xy
+        for i, (x, y) in enumerate([(x0, y0), (x1, y0), (x1, y1), (x0, y1)]):
+            self.points.SetPoint(i, x, y, 0.0)
+        self.points.Modified()
+        self.polyData.Modified()
+        self.viewWidget.sliceView().scheduleRender()
+
+    def remove(self):
+        self.scriptedEffect.removeActor2D(self.viewWidget, self.actor)
+        self.viewWidget.sliceView().scheduleRender()

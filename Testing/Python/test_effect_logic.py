@@ -118,6 +118,21 @@ def test_view_axis_and_slice_index_from_real_geometry(breast):
     np.testing.assert_allclose(el.ras_to_ijk(ijk_to_ras, centre), [10, 50, 9], atol=1e-9)
 
 
+def test_a_drag_on_real_geometry(breast):
+    image, volume, _ = breast
+    ijk_to_ras = ijk_to_ras_from_sitk(image)
+    ras = lambda i, j, k: (ijk_to_ras @ np.array([i, j, k, 1.0]))[:3]  # noqa: E731
+    axial = [0, 0, 1]
+    # the slice comes from the press; the release is read on that slice (a hand drifts off it)
+    assert el.locate_drag(ijk_to_ras, ras(10, 50, 9), ras(40, 70, 9.3), axial, volume.shape) == (2, 9, (10, 50), (40, 70))
+    # released beyond the image: clipped to the slice's last column and row
+    k, j, i = volume.shape
+    assert el.locate_drag(ijk_to_ras, ras(10, 50, 9), ras(i + 30, j + 5, 9), axial, volume.shape) == (
+        2, 9, (10, 50), (i - 1, j - 1))
+    # pressed outside the volume: no drag
+    assert el.locate_drag(ijk_to_ras, ras(-5, 50, 9), ras(40, 70, 9), axial, volume.shape) is None
+
+
 def test_write_slice_and_extent(breast):
     _, volume, label = breast
     labelmap = np.zeros(volume.shape, np.uint8)

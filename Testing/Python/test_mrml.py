@@ -18,6 +18,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 
 from CPCSAMLib import InputError
+from CPCSAMLib.errors import CheckpointError
 from CPCSAMLib.slicer import mrml  # noqa: E402
 from CPCSAMLib import dataset, io  # noqa: E402
 
@@ -449,6 +450,24 @@ def test_model_classes_from_job_json(tmp_path):
         {"name": "lesion", "value": 1, "color": [1, 0, 0]}]
     with pytest.raises(InputError, match="No class list"):
         mrml.model_classes(tmp_path / "elsewhere" / "deep" / "x" / "model.pt")
+
+
+def test_model_prompt_type_from_the_config_beside_the_checkpoint(tmp_path):
+    """The effect draws boxes for box models and takes clicks for point models: the type comes from
+    the training's config.json (the --prompt-type rule), without loading the checkpoint."""
+    model = tmp_path / "model_best.pt"
+    model.write_bytes(b"not read")
+    for config, expected in [({"backbone": "litemedsam", "prompt_type": "auto"}, "box"),
+                             ({"backbone": "sam_vit_b", "prompt_type": "auto"}, "point"),
+                             ({"backbone": "litemedsam", "prompt_type": "point"}, "point"),
+                             ({"backbone": "sam_vit_b", "prompt_type": "box"}, "box"),
+                             ({}, "box")]:  # the defaults: LiteMedSAM, auto
+        (tmp_path / "config.json").write_text(json.dumps({"config": config, "classes": []}))
+        assert mrml.model_prompt_type(model) == expected, config
+    # no config.json: the checkpoint's card is read (here: not a checkpoint, so its error)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="not a readable CPC-SAM checkpoint"):
+        mrml.model_prompt_type(model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -214,7 +214,11 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     modifier, first, last = effect_logic.modifier_for_slices(volume.shape, 2, masks)
     assert (first, last) == (0, 0) and modifier.sum() == masks[0].sum()
     # box models (LiteMedSAM, the default): a box dragged around the lesion gives its mask
-    assert predictor.prompt_type == "box"
+    assert predictor.prompt_type == "box" and mrml.model_prompt_type(model) == "box"
+    alone = tmp_path / "alone" / "model.pt"  # without its config.json: read from the checkpoint
+    alone.parent.mkdir()
+    alone.write_bytes(Path(model).read_bytes())
+    assert mrml.model_prompt_type(alone) == "box"
     rows, cols = np.nonzero(largest_component(truth))
     box = effect_logic.box_from_corners((cols.max(), rows.max()), (cols.min(), rows.min()))
     boxed = effect_logic.segment_with_box(lambda s, b: predictor.predict_slice_with_box(s, b, 1), volume, 2, 0,

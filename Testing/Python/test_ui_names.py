@@ -154,7 +154,14 @@ def test_effect_uses_the_contract(repo_root):
                    "GetShiftKey()", "LeftButtonPressEvent", "effect_logic.write_slices_to_segment",
                    "effect_logic.propagation_steps", "effect_logic.locate_click",
                    "confirmCurrentSegmentVisible()", "ModificationModeRemove", "ModificationModeAdd",
-                   "def processInteractionEvents(self, callerInteractor, eventId, viewWidget)"):
+                   "def processInteractionEvents(self, callerInteractor, eventId, viewWidget)",
+                   # box models: a drag with a rubber band (Slicer's Draw-effect calls), boxes on the slice
+                   "predict_slice_with_box", "predict_slice(", "effect_logic.locate_drag",
+                   "effect_logic.box_from_corners", "effect_logic.box_at_click", "effect_logic.box_prompt",
+                   "cpcsamMrml.model_prompt_type", "LeftButtonReleaseEvent", "MouseMoveEvent",
+                   "scriptedEffect.addActor2D(viewWidget, self.actor)",
+                   "scriptedEffect.removeActor2D(self.viewWidget, self.actor)", "sliceView().scheduleRender()",
+                   "self.scriptedEffect.NotConfirmed", "self.scriptedEffect.ConfirmedWithDialog"):
         assert needle in source, needle
     assert "ModificationModeSet" not in source  # Set clears the whole segment first
     assert "sys.path" not in source.replace("on sys.path", "")  # one place only: CPCSAM.py
