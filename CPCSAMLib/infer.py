@@ -169,23 +169,39 @@ class Predictor:
         io.write_image_atomic(label, output_path)
         return output_path
 
-    # ---- point prompted -------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_slice(self, slice2d: np.ndarray, self_prompt: bool = SELF_PROMPT_DEFAULT) -> np.ndarray:
-        """One raw 2D slice (any intensity range) -> class indices ``[H, W]``, without user prompts
-        (the encoder output is kept, so prompting the same slice next runs only the decoders)."""
+    # ---- one slice (the Segment Editor effect) --------------------------------------------------
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Intensities of a whole image or volume (array) as training and :meth:`predict_image` scale
+        them: min-max to [0, 1] after the model's percentile clipping. Slices cut from the result go
+        to the slice methods with ``normalized=True``, so a slice of a volume is seen as in training;
+        without it, each slice is normalised on its own."""
+        return io.normalize(np.asarray(image, dtype=np.float32), self.percentiles)
+
+    def _slice_input(self, slice2d: np.ndarray, what: str, normalized: bool):
+        """``(slice as float32 [H, W], encoder input [S, S])``."""
         arr = np.asarray(slice2d, dtype=np.float32)
         if arr.ndim != 2:
-            raise InputError(f"predict_slice needs one 2D slice, got shape {arr.shape}")
-        emb = self._slice_embedding(io.resize(io.normalize(arr, self.percentiles), self.input_size, is_label=False))
+            raise InputError(f"{what} needs one 2D slice, got shape {arr.shape}")
+        norm = arr if normalized else io.normalize(arr, self.percentiles)
+        return arr, io.resize(norm, self.input_size, is_label=False)
+
+    @torch.no_grad()
+    def predict_slice(self, slice2d: np.ndarray, self_prompt: bool = SELF_PROMPT_DEFAULT,
+                      normalized: bool = False) -> np.ndarray:
+        """One 2D slice -> class indices ``[H, W]``, without user prompts (the encoder output is
+        kept, so prompting the same slice next runs only the decoders). ``normalized``: the slice
+        comes from :meth:`normalize`; else it is normalised on its own."""
+        arr, x_in = self._slice_input(slice2d, "predict_slice", normalized)
+        emb = self._slice_embedding(x_in)
         with self._autocast():
             probs = self.model.predict_probs(None, self_prompt=self_prompt, prompt_type=self.prompt_type,
                                              box_margin=self.box_margin, embeddings=emb).float()
         probs = torch.nn.functional.interpolate(probs, size=arr.shape, mode="bilinear", align_corners=False)
         return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
+    @torch.no_grad()
     def predict_slice_with_box(self, slice2d: np.ndarray, box: Sequence[float], class_index: int,
-                               branch: Optional[int] = None) -> np.ndarray:
+                               branch: Optional[int] = None, normalized: bool = False) -> np.ndarray:
         """One slice and a box ``(x0, y0, x1, y1)`` in its pixel grid around one object of class
         ``class_index`` (1..C) -> class indices ``[H, W]``.
 
@@ -193,12 +209,11 @@ class Predictor:
         component (the other classes keep the decoder's unprompted maps); the two decoders' outputs
         are averaged (or one decoder with ``branch``). Box prompts are what LiteMedSAM was trained
         with: models with ``prompt_type`` "box" need them (see :meth:`predict_slice_with_points`).
+        ``normalized``: as in :meth:`predict_slice`.
         """
         from .prompts import ComponentBoxes
 
-        arr = np.asarray(slice2d, dtype=np.float32)
-        if arr.ndim != 2:
-            raise InputError(f"predict_slice_with_box needs one 2D slice, got shape {arr.shape}")
+        arr, x_in = self._slice_input(slice2d, "predict_slice_with_box", normalized)
         n = self.model.num_classes
         if not (1 <= int(class_index) <= n):
             raise InputError(f"box class {class_index} is not in 1..{n}")
@@ -210,8 +225,6 @@ class Predictor:
             raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {w}x{h} slice")
         x0, x1 = max(0.0, x0), min(w - 1.0, x1)
         y0, y1 = max(0.0, y0), min(h - 1.0, y1)
-        norm = io.normalize(arr, self.percentiles)
-        x_in = io.resize(norm, self.input_size, is_label=False)
         sx, sy = self.input_size / w, self.input_size / h
         prompt = ComponentBoxes(torch.zeros(1, dtype=torch.long), torch.tensor([int(class_index) - 1]),
                                 torch.tensor([[x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1]],
@@ -224,16 +237,16 @@ class Predictor:
         probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
+    @torch.no_grad()
     def predict_slice_with_points(self, slice2d: np.ndarray, points: Sequence[Tuple[float, float, int]],
-                                  branch: Optional[int] = None) -> np.ndarray:
+                                  branch: Optional[int] = None, normalized: bool = False) -> np.ndarray:
         """One slice and clicks ``(x, y, class_index)`` in its pixel grid -> class indices ``[H, W]``.
 
         ``class_index`` 1..C is a foreground point of that class, 0 a background point. The two
-        decoders' prompted outputs are averaged (or one decoder with ``branch``).
+        decoders' prompted outputs are averaged (or one decoder with ``branch``). ``normalized``:
+        as in :meth:`predict_slice`.
         """
-        arr = np.asarray(slice2d, dtype=np.float32)
-        if arr.ndim != 2:
-            raise InputError(f"predict_slice_with_points needs one 2D slice, got shape {arr.shape}")
+        arr, x_in = self._slice_input(slice2d, "predict_slice_with_points", normalized)
         if not points:
             raise InputError("at least one point is needed")
         h, w = arr.shape
@@ -243,8 +256,6 @@ class Predictor:
                 raise InputError(f"point class {c} is not in 0..{n}")
             if not (0 <= x < w and 0 <= y < h):
                 raise InputError(f"point ({x}, {y}) lies outside the {w}x{h} slice")
-        norm = io.normalize(arr, self.percentiles)
-        x_in = io.resize(norm, self.input_size, is_label=False)
         sx, sy = self.input_size / w, self.input_size / h
         coords = torch.tensor([[[x * sx, y * sy] for x, y, _ in points]], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[int(c) for _, _, c in points]], dtype=torch.long, device=self.device)

@@ -62,6 +62,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._propagation = None  # running propagation: dict(steps, masks, write, total)
         self._propagationTimer = None
         self._band = None  # the box being dragged (box models)
+        self._normalizedKey = None
+        self._normalized = None
         self._promptTypeKey = None
         self._promptTypeValue = "point"
 
@@ -373,11 +375,21 @@ module.</html>"""
         return {
             "segmentationNode": segmentationNode, "segmentId": parameterSetNode.GetSelectedSegmentID(),
             "modelPath": modelPath, "classIndex": names.index(className) + 1,  # 1..C in the model's order
-            "className": className, "volume": volume, "origin": (extent[0], extent[2], extent[4]),
+            "className": className, "volume": volume, "volumeKey": (source.GetMTime(), tuple(dims), comps),
+            "origin": (extent[0], extent[2], extent[4]),
             "imageToWorld": imageToWorld, "ijkToRas": self._matrixToArray(imageToWorld),
             "xyToRas": self._matrixToArray(sliceNode.GetXYToRAS()),
             "normal": self._matrixToArray(sliceNode.GetSliceToRAS())[:3, 2],
         }
+
+    def _normalizedVolume(self, target, predictor):
+        """The source volume scaled as training scaled volumes (``Predictor.normalize``), so that a
+        slice is seen as the model saw slices; kept while the volume and the model stay the same."""
+        key = (target["volumeKey"], self._predictorKey)
+        if key != self._normalizedKey:
+            self._normalized = predictor.normalize(target["volume"])
+            self._normalizedKey = key
+        return self._normalized
 
     def _ras(self, target, xy):
         """RAS (in the segmentation's frame) of a view position, and the view's normal there."""
@@ -404,9 +416,13 @@ module.</html>"""
             return  # the user did not confirm editing a hidden segment
 
         predictor = self._predictorFor(target["modelPath"], self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
-        predict = predictor.predict_slice_with_points
+        volume = self._normalizedVolume(target, predictor)
+
+        def predict(s, points):
+            return predictor.predict_slice_with_points(s, points, normalized=True)
+
         mask = effect_logic.predict_mask(predict, effect_logic.extract_slice(volume, axis, index), points, classIndex)
-        self._writeAndPropagate(target, axis, index, mask, predict, effect_logic.point_prompt,
+        self._writeAndPropagate(target, volume, axis, index, mask, predict, effect_logic.point_prompt,
                                 f"{len(points)} point(s) on slice {index}: ")
 
     def segmentFromBox(self, viewWidget, start, end):
@@ -421,11 +437,12 @@ module.</html>"""
             raise ValueError("the box starts outside the source volume")
         axis, index, a, b = dragged
         predictor = self._predictorFor(target["modelPath"], self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
+        volume = self._normalizedVolume(target, predictor)
         slice2d = effect_logic.extract_slice(volume, axis, index)
         box = effect_logic.box_from_corners(a, b)
         what = f"Box on slice {index}: "
         if box is None:  # a click
-            labels = predictor.predict_slice(slice2d, self_prompt=False)
+            labels = predictor.predict_slice(slice2d, self_prompt=False, normalized=True)
             box = effect_logic.box_at_click(labels, a[0], a[1], classIndex, margin=predictor.box_margin)
             if box is None:
                 self.statusLabel.text = (f"The model finds no {target['className']} under the click on slice {index}: "
@@ -434,15 +451,15 @@ module.</html>"""
             what = f"Click on slice {index}, the {target['className']} found there boxed: "
 
         def predict(s, box):
-            return predictor.predict_slice_with_box(s, box, classIndex)
+            return predictor.predict_slice_with_box(s, box, classIndex, normalized=True)
 
         mask = effect_logic.predict_mask(predict, slice2d, box, classIndex)
-        self._writeAndPropagate(target, axis, index, mask, predict,
+        self._writeAndPropagate(target, volume, axis, index, mask, predict,
                                 functools.partial(effect_logic.box_prompt, margin=predictor.box_margin), what)
 
-    def _writeAndPropagate(self, target, axis, index, mask, predict, promptFromMask, what):
-        """Write slice ``index``'s result (undoable), then start the propagation if asked."""
-        volume = target["volume"]
+    def _writeAndPropagate(self, target, volume, axis, index, mask, predict, promptFromMask, what):
+        """Write slice ``index``'s result (undoable), then start the propagation (through the
+        normalised ``volume``) if asked."""
         abstractEffect = slicer.qSlicerSegmentEditorAbstractEffect
 
         def write(masks):
