@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from ..config import TrainConfig
 from ..errors import InputError
 
 __all__ = [
@@ -78,7 +79,7 @@ PredictFn = Callable[[np.ndarray, Any], np.ndarray]
 Box = Tuple[float, float, float, float]
 
 MIN_DRAG_PIXELS = 3  # a press and release closer than this (slice pixels) on both axes is a click
-BOX_MARGIN = 0.1  # box prompts from a mask are widened like self-prompted inference's (predict_probs)
+BOX_MARGIN = TrainConfig.box_margin  # default widening of a box made from a mask (the effect passes the model's)
 CLICK_NEAR_PIXELS = 3.0  # a click this close to a predicted component selects it
 
 
