@@ -224,6 +224,7 @@ module.</html>"""
             for widget in (self.modelPathEdit, self.classComboBox, self.deviceComboBox, self.propagateCheckBox,
                            self.slicesSpinBox):
                 widget.blockSignals(False)
+        self.resetPointsButton.visible = self._promptType(modelPath) != "box"  # boxes leave no points behind
         if not modelPath:
             self.statusLabel.text = "Choose a model trained by the CPC-SAM module."
         elif not self._classes:
