@@ -185,6 +185,13 @@ class Predictor:
         norm = arr if normalized else io.normalize(arr, self.percentiles)
         return arr, io.resize(norm, self.input_size, is_label=False)
 
+    @staticmethod
+    def _labels(probs: torch.Tensor, shape) -> np.ndarray:
+        """Class indices ``[H, W]`` (uint8) of one slice's probabilities ``[1, C + 1, S, S]``,
+        resized (probabilities, not labels) to the slice's ``shape``."""
+        probs = torch.nn.functional.interpolate(probs.float(), size=tuple(shape), mode="bilinear", align_corners=False)
+        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
     @torch.no_grad()
     def predict_slice(self, slice2d: np.ndarray, self_prompt: bool = SELF_PROMPT_DEFAULT,
                       normalized: bool = False) -> np.ndarray:
@@ -195,9 +202,8 @@ class Predictor:
         emb = self._slice_embedding(x_in)
         with self._autocast():
             probs = self.model.predict_probs(None, self_prompt=self_prompt, prompt_type=self.prompt_type,
-                                             box_margin=self.box_margin, embeddings=emb).float()
-        probs = torch.nn.functional.interpolate(probs, size=arr.shape, mode="bilinear", align_corners=False)
-        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+                                             box_margin=self.box_margin, embeddings=emb)
+        return self._labels(probs, arr.shape)
 
     @torch.no_grad()
     def predict_slice_with_box(self, slice2d: np.ndarray, box: Sequence[float], class_index: int,
@@ -234,8 +240,7 @@ class Predictor:
         with self._autocast():
             probs = sum(self.model.decode_component_boxes(b, emb, prompt, self.model.decode(b, emb).float()).softmax(1)
                         for b in branches) / len(branches)
-        probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        return self._labels(probs, (h, w))
 
     @torch.no_grad()
     def predict_slice_with_points(self, slice2d: np.ndarray, points: Sequence[Tuple[float, float, int]],
@@ -263,5 +268,4 @@ class Predictor:
         emb = self._slice_embedding(x_in)
         with self._autocast():
             probs = sum(self.model.decode(b, emb, coords, labels).float().softmax(1) for b in branches) / len(branches)
-        probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-        return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        return self._labels(probs, (h, w))

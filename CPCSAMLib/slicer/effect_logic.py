@@ -269,8 +269,6 @@ def box_at_click(labels: np.ndarray, x: int, y: int, class_index: int, margin: f
     or the nearest one within ``near`` pixels; None when there is none."""
     from scipy import ndimage
 
-    from ..prompts import component_box
-
     labels = np.asarray(labels)
     if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
         raise InputError(f"click ({x}, {y}) lies outside the {labels.shape[1]}x{labels.shape[0]} slice")
@@ -280,8 +278,7 @@ def box_at_click(labels: np.ndarray, x: int, y: int, class_index: int, margin: f
     distance, (rows, cols) = ndimage.distance_transform_edt(regions == 0, return_indices=True)
     if distance[y, x] > near:
         return None
-    region = regions[rows[y, x], cols[y, x]]
-    return tuple(float(v) for v in component_box(regions == region, margin))  # type: ignore[return-value]
+    return box_prompt(regions == regions[rows[y, x], cols[y, x]], class_index, margin)
 
 
 def point_prompt(component: np.ndarray, class_index: int) -> List[Tuple[int, int, int]]:

@@ -889,9 +889,8 @@ def model_prompt_type(model_path) -> str:
     config_path = Path(model_path).parent / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))["config"]
-        defaults = TrainConfig()
-        return resolve_prompt_type(config.get("prompt_type", defaults.prompt_type),
-                                   config.get("backbone", defaults.backbone))
+        return resolve_prompt_type(config.get("prompt_type", TrainConfig.prompt_type),
+                                   config.get("backbone", TrainConfig.backbone))
     except (OSError, ValueError, KeyError, TypeError):
         from ..checkpoint import load_checkpoint
 
