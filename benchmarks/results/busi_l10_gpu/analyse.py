@@ -25,7 +25,10 @@ for name, r in sorted(runs.items()):
     s = r["summary"]
     print(f"| {name} | {s['iteration']} | {s['train_s']} | {s['unprompted']:.2f} | {s['self_prompt']:.2f} |")
 for cpc, sup, seeds in [("cpc245_s{}", "sup390_s{}", range(5)), ("cpc_gpu4_s{}", "sup_gpu4_s{}", range(3)),
-                        ("lora_cpc_gpu4_s{}", "lora_sup_gpu4_s{}", range(1))]:
+                        ("lora_cpc_gpu4_s{}", "lora_sup_gpu4_s{}", range(1)),
+                        ("lora_cpc5_s{}", "lora_sup5_s{}", range(3)), ("lora_cpc5w50_s{}", "lora_sup5_s{}", range(3)),
+                        ("lora_cpc5_s{}", "lora_sup360_s{}", range(3)), ("lora_cpc5w50_s{}", "lora_sup463_s{}", range(3)),
+                        ("lora_cpc5w50_s{}", "lora_cpc5_s{}", range(3))]:
     pairs = [(runs[cpc.format(s)], runs[sup.format(s)]) for s in seeds
              if cpc.format(s) in runs and sup.format(s) in runs]
     if not pairs:
