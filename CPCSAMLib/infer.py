@@ -170,19 +170,19 @@ class Predictor:
         return output_path
 
     # ---- one slice (the Segment Editor effect) --------------------------------------------------
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        """Intensities of a whole image or volume (array) as training and :meth:`predict_image` scale
-        them: min-max to [0, 1] after the model's percentile clipping. Slices cut from the result go
-        to the slice methods with ``normalized=True``, so a slice of a volume is seen as in training;
-        without it, each slice is normalised on its own."""
-        return io.normalize(np.asarray(image, dtype=np.float32), self.percentiles)
+    def intensity_window(self, image: np.ndarray) -> Tuple[float, float]:
+        """``(low, high)`` of a whole image or volume (array) as training and :meth:`predict_image`
+        scale it (min-max after the model's percentile clipping). Passed as ``window`` to the slice
+        methods, a slice of a volume is seen as in training without a scaled copy of the volume;
+        without it, each slice is scaled on its own."""
+        return io.intensity_window(image, self.percentiles)
 
-    def _slice_input(self, slice2d: np.ndarray, what: str, normalized: bool):
+    def _slice_input(self, slice2d: np.ndarray, what: str, window: Optional[Tuple[float, float]]):
         """``(slice as float32 [H, W], encoder input [S, S])``."""
         arr = np.asarray(slice2d, dtype=np.float32)
         if arr.ndim != 2:
             raise InputError(f"{what} needs one 2D slice, got shape {arr.shape}")
-        norm = arr if normalized else io.normalize(arr, self.percentiles)
+        norm = io.normalize(arr, self.percentiles, window=window)
         return arr, io.resize(norm, self.input_size, is_label=False)
 
     @staticmethod
@@ -194,11 +194,11 @@ class Predictor:
 
     @torch.no_grad()
     def predict_slice(self, slice2d: np.ndarray, self_prompt: bool = SELF_PROMPT_DEFAULT,
-                      normalized: bool = False) -> np.ndarray:
+                      window: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """One 2D slice -> class indices ``[H, W]``, without user prompts (the encoder output is
-        kept, so prompting the same slice next runs only the decoders). ``normalized``: the slice
-        comes from :meth:`normalize`; else it is normalised on its own."""
-        arr, x_in = self._slice_input(slice2d, "predict_slice", normalized)
+        kept, so prompting the same slice next runs only the decoders). ``window``: the slice's
+        volume's :meth:`intensity_window`; else the slice is scaled on its own."""
+        arr, x_in = self._slice_input(slice2d, "predict_slice", window)
         emb = self._slice_embedding(x_in)
         with self._autocast():
             probs = self.model.predict_probs(None, self_prompt=self_prompt, prompt_type=self.prompt_type,
@@ -207,7 +207,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict_slice_with_box(self, slice2d: np.ndarray, box: Sequence[float], class_index: int,
-                               branch: Optional[int] = None, normalized: bool = False) -> np.ndarray:
+                               branch: Optional[int] = None,
+                               window: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """One slice and a box ``(x0, y0, x1, y1)`` in its pixel grid around one object of class
         ``class_index`` (1..C) -> class indices ``[H, W]``.
 
@@ -215,11 +216,11 @@ class Predictor:
         component (the other classes keep the decoder's unprompted maps); the two decoders' outputs
         are averaged (or one decoder with ``branch``). Box prompts are what LiteMedSAM was trained
         with: models with ``prompt_type`` "box" need them (see :meth:`predict_slice_with_points`).
-        ``normalized``: as in :meth:`predict_slice`.
+        ``window``: as in :meth:`predict_slice`.
         """
         from .prompts import ComponentBoxes
 
-        arr, x_in = self._slice_input(slice2d, "predict_slice_with_box", normalized)
+        arr, x_in = self._slice_input(slice2d, "predict_slice_with_box", window)
         n = self.model.num_classes
         if not (1 <= int(class_index) <= n):
             raise InputError(f"box class {class_index} is not in 1..{n}")
@@ -244,14 +245,15 @@ class Predictor:
 
     @torch.no_grad()
     def predict_slice_with_points(self, slice2d: np.ndarray, points: Sequence[Tuple[float, float, int]],
-                                  branch: Optional[int] = None, normalized: bool = False) -> np.ndarray:
+                                  branch: Optional[int] = None,
+                               window: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """One slice and clicks ``(x, y, class_index)`` in its pixel grid -> class indices ``[H, W]``.
 
         ``class_index`` 1..C is a foreground point of that class, 0 a background point. The two
-        decoders' prompted outputs are averaged (or one decoder with ``branch``). ``normalized``:
-        as in :meth:`predict_slice`.
+        decoders' prompted outputs are averaged (or one decoder with ``branch``). ``window``: as in
+        :meth:`predict_slice`.
         """
-        arr, x_in = self._slice_input(slice2d, "predict_slice_with_points", normalized)
+        arr, x_in = self._slice_input(slice2d, "predict_slice_with_points", window)
         if not points:
             raise InputError("at least one point is needed")
         h, w = arr.shape

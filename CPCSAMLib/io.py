@@ -408,22 +408,34 @@ def from_slices(slices: np.ndarray, reference: sitk.Image, axis: int) -> sitk.Im
 # --------------------------------------------------------------------------------------------
 
 
-def normalize(arr: np.ndarray, percentiles: tuple[float, float] | None = None) -> np.ndarray:
-    """Min-max scale ``arr`` (as one unit) to [0, 1] as float32.
-
-    With ``percentiles=(lo, hi)`` (e.g. (0.5, 99.5)) values are first clipped to those
-    percentiles. A constant input gives zeros.
-    """
-    a = np.asarray(arr, dtype=np.float32)
+def intensity_window(arr: np.ndarray, percentiles: tuple[float, float] | None = None) -> tuple[float, float]:
+    """``(low, high)`` that :func:`normalize` maps to 0 and 1: the minimum and maximum of ``arr``, or
+    with ``percentiles=(lo, hi)`` (e.g. (0.5, 99.5)) those percentiles. ``(0.0, 0.0)`` when empty."""
+    a = np.asarray(arr)
     if a.size == 0:
-        return a.copy()
+        return 0.0, 0.0
     if percentiles is not None:
         p_lo, p_hi = percentiles
         if not 0 <= p_lo < p_hi <= 100:
             raise InputError(f"Percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
         lo, hi = (float(v) for v in np.percentile(a, [p_lo, p_hi]))
-    else:
-        lo, hi = float(a.min()), float(a.max())
+        return lo, hi
+    return float(a.min()), float(a.max())
+
+
+def normalize(arr: np.ndarray, percentiles: tuple[float, float] | None = None,
+              window: tuple[float, float] | None = None) -> np.ndarray:
+    """Min-max scale ``arr`` (as one unit) to [0, 1] as float32.
+
+    With ``percentiles=(lo, hi)`` (e.g. (0.5, 99.5)) values are first clipped to those
+    percentiles. ``window``: the ``(low, high)`` of :func:`intensity_window` computed on a larger
+    array (a slice scaled as its whole volume is); it replaces ``percentiles``. A constant input
+    (or window) gives zeros.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    if a.size == 0:
+        return a.copy()
+    lo, hi = (float(v) for v in window) if window is not None else intensity_window(a, percentiles)
     if not hi > lo:
         return np.zeros(a.shape, dtype=np.float32)
     out = (np.clip(a, lo, hi) - lo) / (hi - lo)

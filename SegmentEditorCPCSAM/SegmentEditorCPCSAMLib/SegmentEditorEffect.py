@@ -62,8 +62,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._propagation = None  # running propagation: dict(steps, masks, write, total)
         self._propagationTimer = None
         self._band = None  # the box being dragged (box models)
-        self._normalizedKey = None
-        self._normalized = None
+        self._windowKey = None
+        self._window = None
         self._promptTypeKey = None
         self._promptTypeValue = "point"
 
@@ -383,14 +383,15 @@ module.</html>"""
             "normal": self._matrixToArray(sliceNode.GetSliceToRAS())[:3, 2],
         }
 
-    def _normalizedVolume(self, target, predictor):
-        """The source volume scaled as training scaled volumes (``Predictor.normalize``), so that a
-        slice is seen as the model saw slices; kept while the volume and the model stay the same."""
+    def _intensityWindow(self, target, predictor):
+        """The intensity window of the whole source volume (``Predictor.intensity_window``), passed
+        with each slice so that it is scaled as training scaled volumes; kept while the volume and
+        the model stay the same (two numbers, not a scaled copy of the volume)."""
         key = (target["volumeKey"], self._predictorKey)
-        if key != self._normalizedKey:
-            self._normalized = predictor.normalize(target["volume"])
-            self._normalizedKey = key
-        return self._normalized
+        if key != self._windowKey:
+            self._window = predictor.intensity_window(target["volume"])
+            self._windowKey = key
+        return self._window
 
     def _ras(self, target, xy):
         """RAS (in the segmentation's frame) of a view position, and the view's normal there."""
@@ -417,10 +418,10 @@ module.</html>"""
             return  # the user did not confirm editing a hidden segment
 
         predictor = self._predictorFor(target["modelPath"], self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
-        volume = self._normalizedVolume(target, predictor)
+        window = self._intensityWindow(target, predictor)
 
         def predict(s, points):
-            return predictor.predict_slice_with_points(s, points, normalized=True)
+            return predictor.predict_slice_with_points(s, points, window=window)
 
         mask = effect_logic.predict_mask(predict, effect_logic.extract_slice(volume, axis, index), points, classIndex)
         self._writeAndPropagate(target, volume, axis, index, mask, predict, effect_logic.point_prompt,
@@ -438,12 +439,12 @@ module.</html>"""
             raise ValueError("the box starts outside the source volume")
         axis, index, a, b = dragged
         predictor = self._predictorFor(target["modelPath"], self.scriptedEffect.parameter(PARAMETER_DEVICE) or "auto")
-        volume = self._normalizedVolume(target, predictor)
+        window = self._intensityWindow(target, predictor)
         slice2d = effect_logic.extract_slice(volume, axis, index)
         box = effect_logic.box_from_corners(a, b)
         what = f"Box on slice {index}: "
         if box is None:  # a click
-            labels = predictor.predict_slice(slice2d, self_prompt=False, normalized=True)
+            labels = predictor.predict_slice(slice2d, self_prompt=False, window=window)
             box = effect_logic.box_at_click(labels, a[0], a[1], classIndex, margin=predictor.box_margin)
             if box is None:
                 self.statusLabel.text = (f"The model finds no {target['className']} under the click on slice {index}: "
@@ -452,7 +453,7 @@ module.</html>"""
             what = f"Click on slice {index}, the {target['className']} found there boxed: "
 
         def predict(s, box):
-            return predictor.predict_slice_with_box(s, box, classIndex, normalized=True)
+            return predictor.predict_slice_with_box(s, box, classIndex, window=window)
 
         mask = effect_logic.predict_mask(predict, slice2d, box, classIndex)
         self._writeAndPropagate(target, volume, axis, index, mask, predict,
@@ -460,7 +461,7 @@ module.</html>"""
 
     def _writeAndPropagate(self, target, volume, axis, index, mask, predict, promptFromMask, what):
         """Write slice ``index``'s result (undoable), then start the propagation (through the
-        normalised ``volume``) if asked."""
+        source ``volume``; ``predict`` scales its slices) if asked."""
         abstractEffect = slicer.qSlicerSegmentEditorAbstractEffect
 
         def write(masks):

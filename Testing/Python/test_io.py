@@ -325,6 +325,25 @@ def test_normalize():
     np.testing.assert_allclose(n[50], 0.5, atol=1e-6)
 
 
+def test_normalize_with_a_volume_window():
+    """A slice scaled by its volume's window equals that slice of the scaled volume (what the
+    Segment Editor effect relies on); without the window it is scaled on its own."""
+    rng = np.random.default_rng(0)
+    volume = rng.normal(100, 40, (4, 6, 5)).astype(np.float32)
+    volume[2] *= 3  # one bright slice
+    for percentiles in (None, (1, 99)):
+        whole = io.normalize(volume, percentiles)
+        window = io.intensity_window(volume, percentiles)
+        assert window[0] < window[1]
+        for k in range(4):
+            np.testing.assert_allclose(io.normalize(volume[k], percentiles, window=window), whole[k], atol=1e-6)
+        assert not np.allclose(io.normalize(volume[0], percentiles), whole[0], atol=1e-3)
+    np.testing.assert_array_equal(io.normalize(volume[0], window=(5.0, 5.0)), 0)  # a constant window
+    assert io.intensity_window(np.zeros((0, 3))) == (0.0, 0.0)
+    with pytest.raises(InputError, match="Percentiles"):
+        io.intensity_window(volume, (50, 10))
+
+
 def test_resize_and_back(busi_dir):
     mask = _arr(sitk.ReadImage(str(busi_dir / "masks" / "benign_006.png")))
     small = io.resize(mask, 128, is_label=True)

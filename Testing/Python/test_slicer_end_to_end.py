@@ -228,16 +228,16 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     assert dice > 0.75, dice
     # the click path's unprompted prediction of one slice is the engine's prediction of the image
     np.testing.assert_array_equal(predictor.predict_slice(volume[0]) == 1, expected[0])
-    # on a 3D volume the effect scales the whole volume as training does (Predictor.normalize):
-    # each slice is then predicted as Apply predicts it. A volume of the image at three intensity
-    # scales: normalised alone, its slices would all look the same; as a volume they do not
+    # on a 3D volume the effect scales each slice by the whole volume's window, as training does
+    # (Predictor.intensity_window): each slice is then predicted as Apply predicts it. A volume of
+    # the image at three intensity scales: scaled alone, its slices would all look the same
     stack = np.stack([volume[0] * f for f in (1.0, 0.3, 0.1)]).astype(np.float32)
     image3d = sitk.GetImageFromArray(stack)
     applied = sitk.GetArrayFromImage(predictor.predict_image(image3d, axis=2)) > 0
     assert not (np.array_equal(applied[0], applied[1]) and np.array_equal(applied[0], applied[2]))
-    scaled = predictor.normalize(stack)
+    window = predictor.intensity_window(stack)
     for k in range(3):
-        np.testing.assert_array_equal(predictor.predict_slice(scaled[k], normalized=True) > 0, applied[k])
+        np.testing.assert_array_equal(predictor.predict_slice(stack[k], window=window) > 0, applied[k])
         np.testing.assert_array_equal(predictor.predict_slice(stack[k]) > 0, applied[0])  # each alone: slice 0
     print(f"\ntrain 2 iterations (with process start-up) {train_seconds:.1f} s, apply {apply_seconds:.1f} s, "
           f"in-process Predictor load + predict {predictor_seconds:.1f} s")
