@@ -136,6 +136,10 @@ class TrainConfig:
     update: str = option("combined", "--update", "one combined loss per iteration (paper) or three optimiser "
                          "rounds (official code; needs the encoder in training, not --freeze-encoder)", kind=str,
                          choices=("combined", "sequential"))
+    unlabeled_trains_encoder: bool = option(True, "--unlabeled-trains-encoder", "the unlabeled losses (L_cross, "
+                                            "L_c) also train the encoder's LoRA (the paper); with "
+                                            "--no-unlabeled-trains-encoder only the labeled loss does, and the "
+                                            "unlabeled images train the prompt encoder and decoders", kind=bool)
     augment: bool = option(True, "--augment", "rotation/flip augmentation", kind=bool)
     seed: int = option(0, "--seed", "random seed", kind=int)
     # ---- data ----------------------------------------------------------------------------------
@@ -193,6 +197,9 @@ class TrainConfig:
         if self.update == "sequential" and self.freeze_encoder:
             raise InputError(f"{prefix}--update sequential runs the encoder in every round and cannot be used with "
                              "--freeze-encoder; use --update combined")
+        if self.update == "sequential" and not self.unlabeled_trains_encoder:
+            raise InputError(f"{prefix}--no-unlabeled-trains-encoder needs --update combined (the official code's "
+                             "rounds train the encoder with every loss)")
         if self.resume and self.overwrite:
             raise InputError(f"{prefix}--resume and --overwrite exclude each other")
 

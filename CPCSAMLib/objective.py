@@ -34,7 +34,7 @@ class CPCObjective(nn.Module):
 
     def __init__(self, model: DualBranchSAM, method: str = "cpcsam", lambda_cross: float = 0.4,
                  lambda_consistency: float = 0.05, prompt_type: str = "box", box_margin: float = 0.1,
-                 frozen_encoder: bool = False) -> None:
+                 frozen_encoder: bool = False, unlabeled_trains_encoder: bool = True) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -47,6 +47,7 @@ class CPCObjective(nn.Module):
         self.prompt_type = prompt_type
         self.box_margin = box_margin
         self.frozen_encoder = frozen_encoder
+        self.unlabeled_trains_encoder = unlabeled_trains_encoder
 
     def prompts(self, maps: torch.Tensor, rng: np.random.Generator):
         """Centre and random prompts of every class from label maps ``[B, H, W]``."""
@@ -73,6 +74,8 @@ class CPCObjective(nn.Module):
         bl = xl.shape[0]
         x = torch.cat([xl, xu]) if use_unlabeled else xl
         emb = x.float() if self.frozen_encoder else m.encode(x)  # the only encoder pass of the step
+        if use_unlabeled and not self.frozen_encoder and not self.unlabeled_trains_encoder:
+            emb = torch.cat([emb[:bl], emb[bl:].detach()])  # unlabeled losses stop at the embeddings
         p1 = m.decode(1, emb)
         p2 = m.decode(2, emb)
         loss_s = self.supervised_loss(emb[:bl], p1[:bl], p2[:bl], yl, rng)

@@ -124,6 +124,13 @@ def test_sequential_update_with_frozen_encoder_is_an_error_not_ignored():
         config_from_args(_parser().parse_args(["--update", "sequential", "--freeze-encoder"]))
 
 
+def test_unlabeled_losses_off_the_encoder_needs_the_combined_update():
+    assert config_from_args(_parser().parse_args(["--no-unlabeled-trains-encoder"])).unlabeled_trains_encoder is False
+    assert config_from_args(_parser().parse_args([])).unlabeled_trains_encoder is True
+    with pytest.raises(InputError, match="unlabeled-trains-encoder needs --update combined"):
+        config_from_args(_parser().parse_args(["--update", "sequential", "--no-unlabeled-trains-encoder"]))
+
+
 def test_job_file_then_explicit_flags(tmp_path):
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"iterations": 500, "freeze_encoder": True, "lr": 0.002}))

@@ -50,6 +50,39 @@ def test_step_runs_encoder_once_and_reaches_all_trainable_parts(method):
         assert torch.isclose(out["loss"].detach(), expected, rtol=1e-5)
 
 
+def _lora_and_decoder_grads(model, obj, xl, yl, xu, supervised_only=False):
+    model.zero_grad(set_to_none=True)
+    obj(xl, yl, xu, np.random.default_rng(0), supervised_only)["loss"].backward()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lora = torch.cat([p.grad.flatten() for n, p in named if ".lora_" in n])
+    # the heads (prompt encoder, decoders); at initialisation on these random images decoder 1 is
+    # saturated at background, so most of the unlabeled gradient is decoder 2's and the prompt encoder's
+    dec = torch.cat([p.grad.flatten() for n, p in named if not n.startswith("image_encoder.") and p.grad is not None])
+    return lora, dec
+
+
+def test_unlabeled_losses_can_be_kept_off_the_encoder():
+    """--no-unlabeled-trains-encoder: the encoder's LoRA gets exactly the labeled loss's gradient
+    (as in the supervised warm-up's steps) while the decoders still learn from the unlabeled images;
+    by default (the paper) the unlabeled losses reach the LoRA too."""
+    torch.manual_seed(0)
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=1)
+    model.train()
+    xl, yl, xu = _batch()
+    lora_sup, dec_sup = _lora_and_decoder_grads(model, CPCObjective(model, "cpcsam"), xl, yl, xu, supervised_only=True)
+    off = CPCObjective(model, "cpcsam", unlabeled_trains_encoder=False)
+    lora_off, dec_off = _lora_and_decoder_grads(model, off, xl, yl, xu)
+    lora_on, dec_on = _lora_and_decoder_grads(model, CPCObjective(model, "cpcsam"), xl, yl, xu)
+    assert lora_sup.abs().max() > 0
+    unlabeled_part = (lora_on - lora_sup).abs().max()  # the paper's way: unlabeled losses reach the LoRA
+    print(f"LoRA gradient: labeled {lora_sup.abs().max():.3g}, unlabeled part {unlabeled_part:.3g}, "
+          f"off {(lora_off - lora_sup).abs().max():.3g}")
+    assert unlabeled_part > 1e-3 * lora_sup.abs().max()
+    assert (lora_off - lora_sup).abs().max() < 0.02 * unlabeled_part
+    assert (dec_off - dec_sup).abs().max() > 1e-2 * dec_sup.abs().max()  # the decoders still learn from them
+    assert torch.allclose(dec_off, dec_on, rtol=1e-3, atol=1e-3 * dec_on.abs().max())
+
+
 def test_learning_rate_schedule():
     cfg = TrainConfig(iterations=100, warmup_iters=10, lr=1e-3, lr_decay="exp")
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
