@@ -28,7 +28,9 @@ for cpc, sup, seeds in [("cpc245_s{}", "sup390_s{}", range(5)), ("cpc_gpu4_s{}",
                         ("lora_cpc_gpu4_s{}", "lora_sup_gpu4_s{}", range(1)),
                         ("lora_cpc5_s{}", "lora_sup5_s{}", range(3)), ("lora_cpc5w50_s{}", "lora_sup5_s{}", range(3)),
                         ("lora_cpc5_s{}", "lora_sup360_s{}", range(3)), ("lora_cpc5w50_s{}", "lora_sup463_s{}", range(3)),
-                        ("lora_cpc5w50_s{}", "lora_cpc5_s{}", range(3))]:
+                        ("lora_cpc5w50_s{}", "lora_cpc5_s{}", range(3)),
+                        ("lora_cpc2_s{}", "lora_sup2_s{}", range(3)), ("lora_cpc2det_s{}", "lora_sup2_s{}", range(3)),
+                        ("lora_cpc2det_s{}", "lora_cpc2_s{}", range(3))]:
     pairs = [(runs[cpc.format(s)], runs[sup.format(s)]) for s in seeds
              if cpc.format(s) in runs and sup.format(s) in runs]
     if not pairs:
