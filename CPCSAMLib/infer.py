@@ -246,7 +246,7 @@ class Predictor:
     @torch.no_grad()
     def predict_slice_with_points(self, slice2d: np.ndarray, points: Sequence[Tuple[float, float, int]],
                                   branch: Optional[int] = None,
-                               window: Optional[Tuple[float, float]] = None) -> np.ndarray:
+                                  window: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """One slice and clicks ``(x, y, class_index)`` in its pixel grid -> class indices ``[H, W]``.
 
         ``class_index`` 1..C is a foreground point of that class, 0 a background point. The two
