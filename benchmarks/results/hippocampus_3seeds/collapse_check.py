@@ -15,8 +15,8 @@ torch.set_num_threads(1)
 model_path, data = sys.argv[1], Path(sys.argv[2])
 pred = Predictor.from_checkpoint(model_path, device="cpu")
 m = pred.model
-values = [c["value"] for c in pred.classes] if isinstance(pred.classes[0], dict) else [1, 2]
-names = [c["name"] for c in pred.classes] if isinstance(pred.classes[0], dict) else ["1", "2"]
+values = [c["value"] for c in pred.classes]
+names = [c["name"] for c in pred.classes]
 rng = np.random.default_rng(0)
 tot = {}
 for case in sys.argv[3:]:
