@@ -94,6 +94,10 @@ class TrainConfig:
                                  "empty prompt, the paper) or box (learned tokens that start as the whole-image "
                                  "box); auto = box with box prompts", kind=str, choices=("auto", "none", "box"),
                                  group="model")
+    box_pass: str = option("per_class", "--box-pass", "box prompts of several classes: joint = the boxes of all "
+                           "classes in one decoder pass, each class's map read from it (touching classes seen "
+                           "together); per_class = one pass per class box (SAM's one object per prompt); the "
+                           "same for one class", kind=str, choices=("joint", "per_class"), group="model")
     box_margin: float = option(0.1, "--box-margin", "box prompts: margin added on each side, as a fraction of "
                                "the box size", kind=float, check=_at_least(0.0), group="model")
     freeze_encoder: bool = option(False, "--freeze-encoder", "fast CPU mode: no LoRA; the encoder runs once per "

@@ -100,7 +100,7 @@ def build_model(card_or_config: Union[Dict[str, Any], Any], device: torch.device
         backbone = build_backbone(card["backbone"], bb_file if card["backbone"] != "litemedsam" else None)
     model = DualBranchSAM(backbone, int(card["num_classes"]), int(card.get("lora_rank", 4)),
                           card.get("decoder_init", "pretrained"), int(card.get("seed", 0)),
-                          resolved_default_prompt(card))
+                          resolved_default_prompt(card), card.get("box_pass", "per_class"))
     model = model.to(device)
     model.set_channels_last(device.type == "cpu")
     if card.get("freeze_encoder"):

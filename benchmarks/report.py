@@ -21,7 +21,7 @@ SHORT = {"supervised": "labeled-only", "cps": "cps (no prompts)", "cross_prompti
 MODE_TITLES = {"unprompted": "unprompted (mean softmax of both decoders)",
                "self_prompt": "self-prompted (boxes from the unprompted prediction prompt the decoders)"}
 CONFIG_KEYS = ("iterations", "max_minutes", "batch_size", "lr", "lr_decay", "warmup_iters", "supervised_warmup",
-               "decoder_init", "prompt_type", "box_margin", "lambda_cross", "lambda_consistency", "freeze_encoder",
+               "decoder_init", "prompt_type", "box_pass", "box_margin", "lambda_cross", "lambda_consistency", "freeze_encoder",
                "cache_views", "cache_views_unlabeled", "lora_rank", "augment", "precision", "num_threads", "val_every")
 
 # The paper's Table 1, BUSI (test split, SAM ViT-B at 512 px, 10000 iterations on a GPU): DSC, JC, HD95, ASD.

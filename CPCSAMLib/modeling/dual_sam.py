@@ -15,6 +15,11 @@ from .mask_decoder import ClassMaskDecoder
 from .prompt_encoder import ClassPromptEncoder
 
 
+#: How box prompts of several classes reach a decoder: all in one pass (one box per class, like the
+#: point prompts' one sequence) or one pass per class box (SAM's one object per prompt).
+BOX_PASSES = ("joint", "per_class")
+
+
 class DualBranchSAM(nn.Module):
     """CPC-SAM's network. ``encode`` runs the encoder once; ``decode(branch, ...)`` runs decoder 1 or 2.
 
@@ -23,12 +28,16 @@ class DualBranchSAM(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, lora_rank: int = 4,
-                 decoder_init: str = "pretrained", seed: int = 0, default_prompt: str = "none") -> None:
+                 decoder_init: str = "pretrained", seed: int = 0, default_prompt: str = "none",
+                 box_pass: str = "per_class") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
         if decoder_init not in ("random", "pretrained"):
             raise ValueError(f"decoder_init must be 'random' or 'pretrained', got {decoder_init!r}")
+        if box_pass not in BOX_PASSES:
+            raise ValueError(f"box_pass must be one of {', '.join(BOX_PASSES)}, got {box_pass!r}")
+        self.box_pass = box_pass
         self.backbone_name = backbone.name
         self.num_classes = num_classes
         self.input_size = backbone.input_size
@@ -99,10 +108,13 @@ class DualBranchSAM(nn.Module):
                      unprompted: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Box-prompted logits ``[B, C + 1, S, S]`` (float32) of decoder ``branch``.
 
-        SAM segments one object per prompt, so each present (image, class) pair is one decoder pass
-        with that class's box, and class ``c``'s map is read from that pass. A class without a box
-        has no prompt, so its map is the same decoder's unprompted one: ``unprompted`` (used
-        detached) when the caller has it, else computed for the images that need it.
+        ``box_pass`` "joint": one decoder pass per image with the boxes of all its present classes
+        (each class's box tokens carry its class embedding), and every class's map is read from that
+        pass, so touching classes are told apart with both boxes in view. "per_class": SAM's one
+        object per prompt, one pass per present (image, class) pair, class ``c``'s map read from its
+        own pass. With one class the two are the same. A class without a box has no prompt, so its
+        map is the same decoder's unprompted one: ``unprompted`` (used detached) when the caller has
+        it, else computed for the images that need it.
         ``boxes [B, C, 4]`` in input pixels, ``present [B, C]`` bool."""
         b, c = present.shape
         if unprompted is not None:
@@ -113,10 +125,31 @@ class DualBranchSAM(nn.Module):
             rows = (~present).any(1).nonzero(as_tuple=True)[0]
             if rows.numel():
                 out[rows] = self.decode(branch, embeddings[rows]).float()
+        if self.box_pass == "joint":
+            return self._put_joint(out, branch, embeddings, boxes, present)
         bi, ci = present.nonzero(as_tuple=True)
         if bi.numel():
             out = out.index_put((bi, ci + 1), self._box_maps(branch, embeddings, bi, ci, boxes[bi, ci]))
         return out
+
+    def _put_joint(self, out: torch.Tensor, branch: int, embeddings: torch.Tensor, boxes: torch.Tensor,
+                   present: torch.Tensor, union: bool = False) -> torch.Tensor:
+        """``out`` with the maps of the present classes replaced by one joint pass per image that
+        has a box (``union``: the maximum of the old and new maps, for further components)."""
+        present, boxes = present.to(out.device), boxes.to(out.device)
+        rows = present.any(1).nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            return out
+        decoder = self.decoder1 if branch == 1 else self.decoder2
+        on = present[rows]
+        sparse = self.prompt_encoder.embed_class_boxes(boxes[rows], on)
+        logits = decoder(embeddings[rows], self.prompt_encoder.get_dense_pe(), sparse,
+                         self.prompt_encoder.dense(rows.numel())).float()
+        old = out[rows]
+        if union:
+            logits = torch.maximum(old, logits)
+        keep = torch.cat([on.new_zeros(on.shape[0], 1), on], 1)[:, :, None, None]
+        return out.index_put((rows,), torch.where(keep, logits, old))
 
     def _box_maps(self, branch: int, embeddings: torch.Tensor, index: torch.Tensor, cls: torch.Tensor,
                   boxes: torch.Tensor) -> torch.Tensor:
@@ -131,10 +164,28 @@ class DualBranchSAM(nn.Module):
     def decode_component_boxes(self, branch: int, embeddings: torch.Tensor, prompts: ComponentBoxes,
                                unprompted: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C + 1, S, S]`` (float32) of decoder ``branch`` prompted with each box of
-        ``prompts`` (one pass per box); a class's map is the maximum over its boxes' maps (the union
-        of their masks), and a class without a box keeps its ``unprompted`` map."""
+        ``prompts``; a class's map is the maximum over its boxes' maps (the union of their masks),
+        and a class without a box keeps its ``unprompted`` map. "per_class" passes: one per box;
+        "joint": pass ``k`` holds the ``k``-th box of each class (in ``prompts``' order)."""
         out = unprompted.detach().float().clone()
         if prompts.index.numel() == 0:
+            return out
+        if self.box_pass == "joint":
+            b, c = out.shape[0], self.num_classes
+            pc = prompts.to("cpu")
+            seen: dict = {}
+            ranks = []
+            for key in zip(pc.index.tolist(), pc.cls.tolist()):
+                ranks.append(seen.get(key, 0))
+                seen[key] = ranks[-1] + 1
+            ranks_t = torch.tensor(ranks)
+            for r in range(max(ranks) + 1):
+                sel = ranks_t == r
+                boxes = torch.zeros((b, c, 4))
+                present = torch.zeros((b, c), dtype=torch.bool)
+                boxes[pc.index[sel], pc.cls[sel]] = pc.boxes[sel].float()
+                present[pc.index[sel], pc.cls[sel]] = True
+                out = self._put_joint(out, branch, embeddings, boxes, present, union=r > 0)
             return out
         on_device = prompts.to(embeddings.device)
         maps = self._box_maps(branch, embeddings, on_device.index, on_device.cls, on_device.boxes)

@@ -76,6 +76,16 @@ class ClassPromptEncoder(nn.Module):
         corners = self.pe_layer.forward_with_coords(boxes.float().reshape(-1, 2, 2) + 0.5, self.input_image_size)
         return corners + self.box_corner_embeddings.weight[None] + self.box_class_embeddings(classes - 1)[:, None]
 
+    def embed_class_boxes(self, boxes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """One box per class in one prompt: ``boxes [N, C, 4]``, ``present [N, C]`` bool ->
+        ``[N, 2C, D]``, class ``c``'s two corner tokens at ``2(c-1), 2(c-1)+1``; an absent class's
+        tokens are SAM's padding ("not a point") embedding."""
+        n, c = present.shape
+        classes = torch.arange(1, c + 1, device=boxes.device).repeat(n)
+        tokens = self.embed_boxes(boxes.reshape(-1, 4), classes).reshape(n, 2 * c, self.embed_dim)
+        pad = (~present.to(tokens.device)).repeat_interleave(2, dim=1).unsqueeze(-1)
+        return torch.where(pad, self.not_a_point_embed.weight.expand_as(tokens), tokens)
+
     def dense(self, batch_size: int) -> torch.Tensor:
         """SAM's no-mask embedding over the embedding grid, ``[B, D, h, w]``."""
         h, w = self.image_embedding_size

@@ -27,6 +27,7 @@ def model_card(cfg: TrainConfig, classes: List[ds.ClassInfo], input_size: int, i
         "decoder_init": cfg.decoder_init,
         "prompt_type": cfg.resolved_prompt_type(),
         "box_margin": cfg.box_margin,
+        "box_pass": cfg.box_pass,
         "default_prompt": cfg.resolved_default_prompt(),
         "freeze_encoder": cfg.freeze_encoder,
         "axis": cfg.axis,

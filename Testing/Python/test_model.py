@@ -207,6 +207,79 @@ def test_self_prompt_boxes_every_sizeable_component_and_unites_their_masks(lite)
     assert torch.allclose(both[0, 2], plain[0, 2]) and torch.allclose(both[1], plain[1])  # no box: unprompted
 
 
+def test_joint_box_pass_prompts_all_classes_in_one_pass(lite):
+    """``box_pass="joint"``: one decoder pass per image holds every present class's box (absent
+    classes padded), each class's map is read from it, so a class's map sees the other class's box;
+    "per_class" runs one pass per box and a class's map ignores the other boxes."""
+    from CPCSAMLib.prompts import ComponentBoxes
+
+    torch.manual_seed(0)
+    joint = DualBranchSAM(lite, num_classes=2, box_pass="joint").eval()
+    per_class = DualBranchSAM(build_backbone("litemedsam"), num_classes=2, box_pass="per_class").eval()
+    per_class.load_state_dict(joint.state_dict())
+    pe = joint.prompt_encoder
+    a, b, b2 = [10.0, 10.0, 120.0, 130.0], [100.0, 90.0, 220.0, 200.0], [60.0, 40.0, 240.0, 250.0]
+    boxes = torch.tensor([[a, b], [a, [0.0, 0, 0, 0]]])
+    present = torch.tensor([[True, True], [True, False]])
+    tokens = pe.embed_class_boxes(boxes, present)
+    assert tokens.shape == (2, 4, 256)
+    assert torch.allclose(tokens[0], pe.embed_boxes(boxes[0], torch.tensor([1, 2])).reshape(4, 256))
+    assert torch.allclose(tokens[1, 2:], pe.not_a_point_embed.weight.expand(2, 256))  # absent class: padding
+    calls = []
+    for m in (joint, per_class):
+        m.decoder1.register_forward_hook(lambda mod, inp, out: calls.append(out.shape[0]))
+    emb = torch.randn(2, 256, 64, 64) * 0.1
+    with torch.no_grad():
+        plain = joint.decode(1, emb)
+        calls.clear()
+        j = joint.decode_boxes(1, emb, boxes, present, unprompted=plain)
+        assert calls == [2]  # one pass per image
+        calls.clear()
+        p = per_class.decode_boxes(1, emb, boxes, present, unprompted=plain)
+        assert calls == [3]  # one pass per box
+        assert torch.allclose(j[1, 2], plain[1, 2]) and torch.allclose(p[1, 2], plain[1, 2])  # no box: unprompted
+        moved = torch.tensor([[a, b2], [a, [0.0, 0, 0, 0]]])
+        assert not torch.allclose(joint.decode_boxes(1, emb, moved, present, unprompted=plain)[0, 1], j[0, 1],
+                                  atol=1e-3)  # class 1's map sees class 2's box
+        assert torch.allclose(per_class.decode_boxes(1, emb, moved, present, unprompted=plain)[0, 1], p[0, 1],
+                              atol=1e-5)
+        # components: pass k holds the k-th box of each class; a class's map is the union over its passes
+        comps = ComponentBoxes(torch.tensor([0, 0, 0]), torch.tensor([0, 0, 1]), torch.tensor([a, b2, b]))
+        u = joint.decode_component_boxes(1, emb, comps, plain)
+        first = joint.decode_boxes(1, emb, torch.tensor([[a, b], [[0.0] * 4] * 2]),
+                                   torch.tensor([[True, True], [False, False]]), unprompted=plain)
+        second = joint.decode_boxes(1, emb, torch.tensor([[b2, [0.0] * 4], [[0.0] * 4] * 2]),
+                                    torch.tensor([[True, False], [False, False]]), unprompted=plain)
+    assert torch.allclose(u[0, 1], torch.maximum(first[0, 1], second[0, 1]), atol=1e-5)
+    assert torch.allclose(u[0, 2], first[0, 2], atol=1e-5) and torch.allclose(u[1], plain[1])
+
+
+def test_joint_and_per_class_box_passes_are_the_same_for_one_class(lite):
+    from CPCSAMLib.prompts import ComponentBoxes
+    from CPCSAMLib.runtime import build_model
+
+    joint = DualBranchSAM(lite, num_classes=1, box_pass="joint").eval()
+    per_class = DualBranchSAM(build_backbone("litemedsam"), num_classes=1, box_pass="per_class").eval()
+    per_class.load_state_dict(joint.state_dict())
+    emb = torch.randn(3, 256, 64, 64) * 0.1
+    boxes = torch.tensor([[[10.0, 10.0, 120.0, 130.0]], [[100.0, 90.0, 220.0, 200.0]], [[0.0] * 4]])
+    present = torch.tensor([[True], [True], [False]])
+    comps = ComponentBoxes(torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0]), boxes[[0, 1, 1], 0])
+    with torch.no_grad():
+        plain = joint.decode(2, emb)
+        assert torch.allclose(joint.decode_boxes(2, emb, boxes, present), per_class.decode_boxes(2, emb, boxes, present),
+                              atol=1e-5)
+        assert torch.allclose(joint.decode_component_boxes(2, emb, comps, plain),
+                              per_class.decode_component_boxes(2, emb, comps, plain), atol=1e-5)
+    # model cards written before the option existed were trained with one pass per class box
+    old = build_model({"backbone": "litemedsam", "num_classes": 2}, torch.device("cpu"), backbone=build_backbone())
+    assert old.box_pass == "per_class"
+    card = {"backbone": "litemedsam", "num_classes": 2, "box_pass": "joint"}
+    assert build_model(card, torch.device("cpu"), backbone=build_backbone()).box_pass == "joint"
+    with pytest.raises(ValueError, match="box_pass"):
+        DualBranchSAM(build_backbone("litemedsam"), num_classes=1, box_pass="both")
+
+
 def test_default_box_prompt_starts_as_the_whole_image_box_and_is_learned(lite):
     """``default_prompt="box"``: the unprompted pass at initialisation is the pass prompted with the
     whole-image box; its two tokens are trainable and saved; ``none`` keeps SAM's empty prompt."""
