@@ -2,7 +2,8 @@
 volumes: per class, the pixels of decoder 2's unprompted prediction (the student) and of decoder 1
 prompted with the centre and the jittered boxes of that prediction (the cross target of decoder 2,
 as in CPCObjective), for box margins 0, 0.05 and 0.1; and the reference's pixels.
-Usage: growth_check.py MODEL DATA_DIR CASE [CASE ...]   (torch threads: 1)"""
+Usage: growth_check.py MODEL DATA_DIR CASE [CASE ...]   (torch threads: 1; references in
+DATA_DIR/labels, or DATA_DIR/masks for BUSI)"""
 import sys
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ margins = (0.0, 0.05, 0.1)
 tot = {}
 for case in sys.argv[3:]:
     img = io.load_image(data / "images" / case)
-    lab = io.load_label(data / "labels" / case, img, values)
+    lab = io.load_label(data / ("labels" if (data / "labels").is_dir() else "masks") / case, img, values)
     sl, used = io.to_slices(img, pred.card.get("axis"))
     gt, _ = io.to_slices(lab, used)
     sl = io.normalize(sl, pred.percentiles)
