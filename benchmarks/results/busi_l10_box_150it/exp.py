@@ -30,6 +30,7 @@ ttrain = time.time() - t0
 pred = Predictor.from_checkpoint(res.model, device=cfg.device, precision=cfg.precision)
 m = pred.model
 scores = {"unprompted": [], "self_prompt": []}
+pixels = {k: [0, 0] for k in scores}  # predicted, reference (all val images together)
 for n in val:
     img = io.load_image(root/"images"/n); gt = io.to_slices(io.load_label(root/"masks"/n, img, [255]))[0][0] > 0
     sl = io.normalize(io.to_slices(img)[0])
@@ -42,9 +43,10 @@ for n in val:
             pm = p.argmax(1)[0].numpy() == 1
             d = 1.0 if pm.sum() + gt.sum() == 0 else 2 * (pm & gt).sum() / (pm.sum() + gt.sum())
             scores[mode].append(float(d))
+            pixels[mode][0] += int(pm.sum()); pixels[mode][1] += int(gt.sum())
 summary = {"method": method, "iters": iters, "config": kw, "train_s": round(ttrain), "iteration": res.iteration,
            "device": str(pred.device),
            **{k: round(100 * float(np.mean(v)), 2) for k, v in scores.items()},
-           "empty_unprompted": None}
+           "empty_unprompted": None, "pixels_pred_ref": pixels}
 print(json.dumps(summary))
 (out/"scores.json").write_text(json.dumps({"summary": summary, "cases": scores}))
