@@ -2,7 +2,8 @@
 # Hippocampus on one GPU: labeled-only and CPC-SAM for both box passes (joint, per_class), labeled_1
 # and labeled_3, seeds 0-2: one benchmark process per (box pass, list, seed), all at once, one shared
 # embedding store. Usage (repository root): HIP=DATA OUT=DIR [ITERS=200] [TESTS=30] [LIMIT=500] run.sh
-# (BPS, LISTS, SEEDS, UNL narrow it for a smoke test).
+# (BPS, LISTS, SEEDS, UNL narrow it for a smoke test). On a machine still warm from an earlier call,
+# give a new RUNS folder (default /tmp/hip_runs): the benchmark keeps results it finds there.
 cd "$(dirname "$0")/../../.."   # the repository root
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 runs=${RUNS:-/tmp/hip_runs}; store=${STORE:-/tmp/hip_store}; mkdir -p "$runs" "$store" "$OUT"
