@@ -182,3 +182,24 @@ def load_case(plan: Plan, name: str):
     reference = io.label_to_index(sitk.GetArrayFromImage(label), plan.layout.label_values)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     return image, reference, spacing
+
+
+def model_input_slices(predictor, root: Path, case: str):
+    """One case of ``root`` (``images/`` with ``labels/`` or ``masks/``) as the predictor's model sees
+    it: images ``[N, 1, S, S]`` (float32, scaled as in training) and reference class indices
+    ``[N, S, S]`` (int64), slices along the model's axis. For the diagnostic scripts in ``results/``."""
+    import torch
+
+    from CPCSAMLib import io
+
+    values = [c["value"] for c in predictor.classes]
+    size = predictor.model.input_size
+    img = io.load_image(root / "images" / case)
+    lab = io.load_label(root / ("labels" if (root / "labels").is_dir() else "masks") / case, img, values)
+    sl, used = io.to_slices(img, predictor.card.get("axis"))
+    gt, _ = io.to_slices(lab, used)
+    sl = io.normalize(sl, predictor.percentiles)
+    gti = io.label_to_index(gt, values)
+    x = torch.from_numpy(np.stack([io.resize(s, size, False) for s in sl])[:, None].astype(np.float32))
+    y = torch.from_numpy(np.stack([io.resize(g, size, True) for g in gti]).astype(np.int64))
+    return x, y

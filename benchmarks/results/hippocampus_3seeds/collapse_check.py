@@ -8,7 +8,7 @@ import sys, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
 import numpy as np, torch
-from CPCSAMLib import io
+from benchmarks.data import model_input_slices
 from CPCSAMLib.infer import Predictor
 
 torch.set_num_threads(1)
@@ -20,15 +20,7 @@ names = [c["name"] for c in pred.classes]
 rng = np.random.default_rng(0)
 tot = {}
 for case in sys.argv[3:]:
-    img = io.load_image(data / "images" / case)
-    lab = io.load_label(data / "labels" / case, img, values)
-    axis = pred.card.get("axis")
-    sl, used = io.to_slices(img, axis)
-    gt, _ = io.to_slices(lab, used)
-    sl = io.normalize(sl, pred.percentiles)
-    gti = io.label_to_index(gt, values)
-    x = torch.from_numpy(np.stack([io.resize(s, 256, False) for s in sl])[:, None].astype(np.float32))
-    y = torch.from_numpy(np.stack([io.resize(g, 256, True) for g in gti]).astype(np.int64))
+    x, y = model_input_slices(pred, data, case)
     with torch.no_grad():
         emb = m.encode(x)
         u1, u2 = m.decode(1, emb).float(), m.decode(2, emb).float()

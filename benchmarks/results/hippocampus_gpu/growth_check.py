@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from CPCSAMLib import io
+from benchmarks.data import model_input_slices
 from CPCSAMLib.infer import Predictor
 
 warnings.filterwarnings("ignore")
@@ -24,14 +24,7 @@ names = [c["name"] for c in pred.classes]
 margins = (0.0, 0.05, 0.1)
 tot = {}
 for case in sys.argv[3:]:
-    img = io.load_image(data / "images" / case)
-    lab = io.load_label(data / ("labels" if (data / "labels").is_dir() else "masks") / case, img, values)
-    sl, used = io.to_slices(img, pred.card.get("axis"))
-    gt, _ = io.to_slices(lab, used)
-    sl = io.normalize(sl, pred.percentiles)
-    gti = io.label_to_index(gt, values)
-    x = torch.from_numpy(np.stack([io.resize(s, 256, False) for s in sl])[:, None].astype(np.float32))
-    y = torch.from_numpy(np.stack([io.resize(g, 256, True) for g in gti]).astype(np.int64))
+    x, y = model_input_slices(pred, data, case)
     with torch.no_grad():
         emb = m.encode(x)
         u1, u2 = m.decode(1, emb).float(), m.decode(2, emb).float()
