@@ -26,6 +26,9 @@ from .errors import InputError
 #: Training methods: CPC-SAM (paper), two ablations, and the labeled-only baseline.
 METHODS = ("cpcsam", "cross_prompting", "cps", "supervised")
 BACKBONES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
+#: How box prompts of several classes reach a decoder: all in one pass (one box per class, like the
+#: point prompts' one sequence) or one pass per class box (SAM's one object per prompt).
+BOX_PASSES = ("joint", "per_class")
 
 #: Frozen-encoder mode: default number of labeled embeddings (views x labeled slices).
 LABELED_VIEWS_TARGET = 160
@@ -97,7 +100,7 @@ class TrainConfig:
     box_pass: str = option("per_class", "--box-pass", "box prompts of several classes: joint = the boxes of all "
                            "classes in one decoder pass, each class's map read from it (touching classes seen "
                            "together); per_class = one pass per class box (SAM's one object per prompt); the "
-                           "same for one class", kind=str, choices=("joint", "per_class"), group="model")
+                           "same for one class", kind=str, choices=BOX_PASSES, group="model")
     box_margin: float = option(0.1, "--box-margin", "box prompts: margin added on each side, as a fraction of "
                                "the box size", kind=float, check=_at_least(0.0), group="model")
     freeze_encoder: bool = option(False, "--freeze-encoder", "fast CPU mode: no LoRA; the encoder runs once per "

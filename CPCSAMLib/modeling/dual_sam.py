@@ -7,17 +7,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import BOX_PASSES
 from ..prompts import (BoxPrompts, ComponentBoxes, PointPrompts, box_prompts_from_label_maps,
                        component_boxes_from_label_maps, points_from_label_maps)
 from .backbones import Backbone
 from .lora import LoRAQKV, apply_lora
 from .mask_decoder import ClassMaskDecoder
 from .prompt_encoder import ClassPromptEncoder
-
-
-#: How box prompts of several classes reach a decoder: all in one pass (one box per class, like the
-#: point prompts' one sequence) or one pass per class box (SAM's one object per prompt).
-BOX_PASSES = ("joint", "per_class")
 
 
 class DualBranchSAM(nn.Module):
