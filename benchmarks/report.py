@@ -330,3 +330,24 @@ def write_report(output: Path) -> Path:
         except Exception as exc:  # noqa: BLE001 - a plot must not lose the report
             log(f"plot {plot.__name__} failed: {exc}")
     return write_text_atomic(output / "report.md", build_report(output))
+
+
+def case_csv_table(files: Dict[str, Path], cases: List[str], classes=("anterior", "posterior")) -> List[str]:
+    """Markdown rows comparing runs from their ``*_cases.csv`` files (``{row name: path}``) on
+    ``cases``: mean DSC %, per-class DSC %, predicted (reference) voxels per class; a missing file
+    gives a "(not run)" row. For the result folders' small comparison scripts."""
+    import csv
+
+    head = " | ".join([f"{c} DSC" for c in classes] + [f"{c} voxels (ref)" for c in classes])
+    lines = [f"| run | DSC | {head} |", "|---" * (2 + 2 * len(classes)) + "|"]
+    for name, path in files.items():
+        if not Path(path).exists():
+            lines.append(f"| {name} | (not run) |")
+            continue
+        rows = [r for r in csv.DictReader(open(path)) if r["case"] in cases]
+        by = {c: [r for r in rows if r["class"] == c] for c in classes}
+        d = {c: 100 * sum(float(r["dice"]) for r in v) / len(v) for c, v in by.items()}
+        vox = {c: (sum(int(r["pred_voxels"]) for r in v), sum(int(r["gt_voxels"]) for r in v)) for c, v in by.items()}
+        cells = [f"{d[c]:.2f}" for c in classes] + [f"{vox[c][0]} ({vox[c][1]})" for c in classes]
+        lines.append(f"| {name} | {sum(d.values()) / len(d):.2f} | " + " | ".join(cells) + " |")
+    return lines

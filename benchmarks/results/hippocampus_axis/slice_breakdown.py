@@ -1,8 +1,9 @@
 """Where a Hippocampus model's extra voxels lie: slices where the reference has the class (fatter
 or thinner masks) vs slices where it has none (false-positive slices), unprompted inference."""
-import sys, os, warnings, numpy as np, torch, SimpleITK as sitk
+import sys, os, warnings, torch, SimpleITK as sitk
 warnings.filterwarnings("ignore")
 from pathlib import Path
+from CPCSAMLib import io
 from CPCSAMLib.infer import Predictor
 from CPCSAMLib.training.embeddings import EmbeddingStore
 model, data, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -16,11 +17,10 @@ print("axis", axis, "classes", p.label_values)
 tot = {}
 for name in (data / "val.txt").read_text().split()[:n]:
     img = sitk.ReadImage(str(data / "images" / name))
-    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "labels" / name)))
-    pred = sitk.GetArrayFromImage(p.predict_image(img, self_prompt=False))
-    ax = {0: 2, 1: 1, 2: 0}[axis] if axis is not None else 0  # sitk axis -> numpy axis
+    ref, used = io.to_slices(sitk.ReadImage(str(data / "labels" / name)), axis)  # the model's slices
+    pred, _ = io.to_slices(p.predict_image(img, self_prompt=False), used)
     for c in p.label_values:
-        r, q = np.moveaxis(ref == c, ax, 0), np.moveaxis(pred == c, ax, 0)
+        r, q = ref == c, pred == c
         rs, qs = r.reshape(len(r), -1).sum(1), q.reshape(len(q), -1).sum(1)
         present = rs > 0
         t = tot.setdefault(c, dict(ref=0, pred_on_present=0, pred_on_absent=0, fp_slices=0, absent_slices=0,

@@ -1,7 +1,9 @@
 """CPU, CPC-SAM labeled_1 seed 2, 400 iterations, box margin 0 vs 0.1, on the first 8 val volumes;
-with the GPU runs of call 2 (margin 0.1, labeled-only and CPC-SAM) on the same volumes. Usage: compare.py"""
+with the GPU runs of call 2 (margin 0.1, labeled-only and CPC-SAM) on the same volumes. Usage (repository root): PYTHONPATH=. python compare.py"""
 import csv
 from pathlib import Path
+
+from benchmarks.report import case_csv_table
 
 here = Path(__file__).parent
 files = {
@@ -12,14 +14,4 @@ files = {
 }
 cases = sorted({r["case"] for r in csv.DictReader(open(files["CPU CPC-SAM, margin 0"]))})
 print(f"{len(cases)} volumes: {', '.join(cases)}")
-print("| run | DSC | anterior DSC | posterior DSC | anterior voxels (ref) | posterior voxels (ref) |\n|---|---|---|---|---|---|")
-for name, f in files.items():
-    if not f.exists():
-        print(f"| {name} | (missing) |")
-        continue
-    rows = [r for r in csv.DictReader(open(f)) if r["case"] in cases]
-    cls = {k: [r for r in rows if r["class"] == k] for k in ("anterior", "posterior")}
-    d = {k: 100 * sum(float(r["dice"]) for r in v) / len(v) for k, v in cls.items()}
-    v = {k: (sum(int(r["pred_voxels"]) for r in rr), sum(int(r["gt_voxels"]) for r in rr)) for k, rr in cls.items()}
-    print(f"| {name} | {(d['anterior'] + d['posterior']) / 2:.2f} | {d['anterior']:.2f} | {d['posterior']:.2f} | "
-          f"{v['anterior'][0]} ({v['anterior'][1]}) | {v['posterior'][0]} ({v['posterior'][1]}) |")
+print("\n".join(case_csv_table(files, cases)))
