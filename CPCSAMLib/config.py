@@ -150,8 +150,10 @@ class TrainConfig:
     augment: bool = option(True, "--augment", "rotation/flip augmentation", kind=bool)
     seed: int = option(0, "--seed", "random seed", kind=int)
     # ---- data ----------------------------------------------------------------------------------
-    axis: Optional[int] = option(None, "--axis", "slicing axis of 3D volumes; unset: the manifest's, else the "
-                                 "largest spacing", kind=int, optional=True, choices=(0, 1, 2), group="data")
+    axis: Optional[int] = option(None, "--axis", "slicing axis of 3D volumes (0, 1, 2 = x, y, z); unset: the "
+                                 "manifest's, else the largest spacing, or for near-isotropic volumes with "
+                                 "several classes the axis whose labeled slices most often show all classes "
+                                 "together", kind=int, optional=True, choices=(0, 1, 2), group="data")
     percentiles: Optional[List[float]] = option(None, "--percentiles", "clip intensities to these percentiles "
                                                 "before min-max normalisation", kind=float, optional=True, nargs=2,
                                                 metavar=("LOW", "HIGH"), check=_percentiles, group="data")

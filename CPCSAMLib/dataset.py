@@ -570,6 +570,71 @@ def build_slices(pairs_or_images: Sequence[Union[tuple[PathLike, PathLike], Path
 
 
 # --------------------------------------------------------------------------------------------
+# slicing axis
+# --------------------------------------------------------------------------------------------
+
+# an axis competes with the largest-spacing axis when its spacing is at least this share of it
+AXIS_SPACING_SHARE = 0.8
+# ... and replaces it when its slices hold all present classes together this much more often
+AXIS_MIN_GAIN = 0.10
+
+
+def _classes_together(index: np.ndarray) -> Optional[np.ndarray]:
+    """Per SimpleITK axis (x, y, z): [foreground slices, slices holding every class present in the
+    volume]; None when fewer than two classes are present. ``index``: class-index array [z, y, x]."""
+    present = [c for c in np.unique(index) if c != 0]
+    if len(present) < 2:
+        return None
+    counts = np.zeros((3, 2), np.int64)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != 2 - axis)
+        has = np.stack([(index == c).any(axis=other) for c in present])  # [classes, slices]
+        counts[axis] = has.any(0).sum(), has.all(0).sum()
+    return counts
+
+
+def choose_axis(pairs: Sequence[tuple[PathLike, PathLike]], classes: Sequence[ClassInfo]) -> tuple[Optional[int], str]:
+    """The slicing axis for a run whose options and manifest leave it unset, from its labeled volumes.
+
+    By default each volume is sliced along its largest spacing (:func:`io.default_axis`). When the
+    spacing leaves a choice (near-isotropic volumes: every labeled volume has another axis whose
+    spacing is at least ``AXIS_SPACING_SHARE`` of its largest) and the labels hold two or more
+    classes, the axis whose foreground slices most often show all present classes together is
+    taken if it beats the default axis by ``AXIS_MIN_GAIN`` (pooled over the labeled volumes): a
+    2D model then sees neighbouring classes side by side instead of having to tell them apart
+    alone. Returns ``(axis or None for the default rule, reason)``. Reads the labeled files only.
+    """
+    values = [c.value for c in classes]
+    if len(values) < 2:
+        return None, "one class: largest spacing"
+    candidates = {0, 1, 2}
+    pooled = np.zeros((3, 2), np.int64)
+    default_counts = np.zeros(2, np.int64)
+    for image_path, label_path in pairs:
+        image = io.load_image(image_path)
+        if image.GetDimension() == 2 or 1 in image.GetSize():
+            return None, "2D images"
+        spacing = np.asarray(image.GetSpacing(), float)
+        candidates &= {a for a in range(3) if spacing[a] >= AXIS_SPACING_SHARE * spacing.max()}
+        label = io.load_label(label_path, image, values)
+        counts = _classes_together(io.label_to_index(sitk.GetArrayFromImage(label), values))
+        if counts is not None:
+            pooled += counts
+            default_counts += counts[io.default_axis(image)]
+    if len(candidates) < 2:
+        return None, "anisotropic spacing: largest spacing"
+    if default_counts[0] == 0:
+        return None, "no labeled volume holds two classes: largest spacing"
+    share = pooled[:, 1] / np.maximum(pooled[:, 0], 1)
+    default_share = default_counts[1] / default_counts[0]
+    best = max(sorted(candidates, reverse=True), key=lambda a: share[a])  # ties: the higher axis
+    summary = ", ".join(f"{'xyz'[a]} {share[a]:.0%}" for a in sorted(candidates))
+    if share[best] - default_share < AXIS_MIN_GAIN:
+        return None, f"near-isotropic, slices holding all classes: {summary}; largest spacing kept"
+    return best, f"near-isotropic, slices holding all classes: {summary}; axis {'xyz'[best]}"
+
+
+# --------------------------------------------------------------------------------------------
 # augmentation
 # --------------------------------------------------------------------------------------------
 

@@ -131,7 +131,7 @@ def run(args) -> int:
             write_report(plan.output)
         trained = [m for m in TRAINED_METHODS if m in args.methods]
         if trained:
-            prepare_embedding_store(config, plan, args.force)
+            prepare_embedding_store(config, plan, args.force, with_unlabeled=trained != ["supervised"])
         for stem in plan.labeled:
             for seed in seeds:
                 for method in trained:

@@ -152,6 +152,10 @@ def _setup_lines(run: dict, units: List[dict]) -> List[str]:
                     "its test split." if run.get("dataset") == "busi" else ""))
     if run.get("dataset") == "hippocampus":
         lines.append("- Volumes are predicted slice by slice and scored in 3D, per class; HD95 and ASD in mm.")
+        axes = sorted({"xyz"[u["axis"]] if u.get("axis") is not None else "largest spacing" for u in units})
+        if axes:
+            lines.append(f"- Slicing axis of the trained models: {', '.join(axes)} (`--axis`; unset: the engine's "
+                         "choice from the labeled volumes).")
     checkpoint = run.get("checkpoint", "last")
     if run.get("val_list"):
         lines.append(f"- Validation curves on `{run['val_list']}`; the scored model is the "

@@ -55,14 +55,16 @@ def config_differences(first: dict, second: dict) -> List[str]:
     return [k for k in keys if first.get(k) != second.get(k)]
 
 
-def prepare_embedding_store(base: TrainConfig, plan: Plan, force: bool) -> Optional[dict]:
-    """Frozen-encoder mode: encodes the original training slices once into the store every run reads.
-    The measured seconds per slice are charged to each run for the embeddings it read, so a run's
-    minutes are what the method costs on its own."""
+def prepare_embedding_store(base: TrainConfig, plan: Plan, force: bool, with_unlabeled: bool = True) -> Optional[dict]:
+    """Frozen-encoder mode: encodes the original training slices once into the store every run reads
+    (the unlabeled ones only ``with_unlabeled``: labeled-only runs never read them). The measured
+    seconds per slice are charged to each run for the embeddings it read, so a run's minutes are
+    what the method costs on its own."""
     if not base.freeze_encoder:
         return None
     record_path = plan.output / "results" / "embedding_store.json"
-    names = list(dict.fromkeys(n for stem in plan.labeled for n in plan.labeled[stem] + plan.unlabeled[stem]))
+    groups = _slicing_groups(base, plan, with_unlabeled)
+    names = list(dict.fromkeys(n for group in groups.values() for n in group))
     old = read_json(record_path)
     if old and not force and old.get("images") == len(names):
         log(f"embedding store: kept {record_path} ({old['images']} images)")
@@ -78,18 +80,34 @@ def prepare_embedding_store(base: TrainConfig, plan: Plan, force: bool) -> Optio
     model.set_channels_last(device.type == "cpu")  # as the training runs encode
     model.freeze_encoder()
     percentiles = tuple(base.percentiles) if base.percentiles else None
-    slices = dataset.build_slices([plan.root / "images" / n for n in names], plan.layout.class_infos(),
-                                  model.input_size, base.axis, percentiles)
     store = EmbeddingStore(plan.output / "embedding_store", model, amp)
-    log(f"embedding store: encoding {len(slices)} slices of {len(names)} training images once")
-    start = time.time()
-    EmbeddingCache(model, slices, 1, np.random.default_rng(0), device, amp, 8, store=store)
+    start, total = time.time(), 0
+    for axis, group in groups.items():  # the axis each run will slice along
+        slices = dataset.build_slices([plan.root / "images" / n for n in group], plan.layout.class_infos(),
+                                      model.input_size, axis, percentiles)
+        log(f"embedding store: encoding {len(slices)} slices of {len(group)} training images once "
+            f"(axis {'default' if axis is None else 'xyz'[axis]})")
+        EmbeddingCache(model, slices, 1, np.random.default_rng(0), device, amp, 8, store=store)
+        total += len(slices)
     seconds = time.time() - start
-    record = {"images": len(names), "slices": len(slices), "computed": store.misses, "already_stored": store.hits,
+    record = {"images": len(names), "slices": total, "computed": store.misses, "already_stored": store.hits,
               "seconds": seconds, "seconds_per_slice": seconds / store.misses if store.misses else
               (old or {}).get("seconds_per_slice"), "device": str(device), "folder": str(store.folder)}
     write_json(record_path, record)
     return record
+
+
+def _slicing_groups(base: TrainConfig, plan: Plan, with_unlabeled: bool) -> Dict[Optional[int], List[str]]:
+    """Training image names by the slicing axis their runs use: the option, else the engine's
+    choice from each labeled list (:func:`dataset.choose_axis`)."""
+    groups: Dict[Optional[int], List[str]] = {}
+    for stem in plan.labeled:
+        axis = base.axis
+        if axis is None:
+            axis, _ = dataset.choose_axis([plan.pair(n) for n in plan.labeled[stem]], plan.layout.class_infos())
+        group = groups.setdefault(axis, [])
+        group += [n for n in plan.labeled[stem] + (plan.unlabeled[stem] if with_unlabeled else []) if n not in group]
+    return groups
 
 
 def score_test_list(predictor, plan: Plan, mode: str) -> tuple:
@@ -196,7 +214,8 @@ def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed
         "labeled_key": labeled_stem, "num_labeled": len(manifest.labeled), "num_unlabeled": len(manifest.unlabeled),
         "num_train": len(plan.labeled[labeled_stem]) + len(plan.unlabeled[labeled_stem]),
         "test_list": plan.test_list, "test_cases": len(plan.test), "test_total": plan.test_total,
-        "checkpoint": checkpoint, "config": dataclasses.asdict(config), "status": trained.status,
+        "checkpoint": checkpoint, "config": dataclasses.asdict(config), "axis": predictor.card.get("axis"),
+        "status": trained.status,
         "iterations_done": trained.iteration, "train_seconds": train_seconds,
         "train_seconds_charged": train_seconds + charged, "seconds_per_iteration": step,
         "embedding": {"read_from_store": cached.get("store_hits"), "computed_in_run": cached.get("store_misses"),

@@ -240,12 +240,16 @@ class _Run:
         manifest = manifest_path if isinstance(manifest_path, ds.Manifest) else ds.load_manifest(manifest_path)
         if cfg.axis is None:
             cfg.axis = manifest.axis
+        self.axis_reason = "set by the options" if cfg.axis is not None else None
         if self.main:  # before anything slow: a folder in use or holding a run is refused at once
             self.folder.check_not_a_run(cfg.resume, cfg.overwrite)
             self.folder.acquire()
             self.folder.check_not_a_run(cfg.resume, cfg.overwrite)
         from ..modeling.backbones import build_backbone, input_size_for
 
+        if cfg.axis is None:
+            stop.check("data loading")
+            cfg.axis, self.axis_reason = ds.choose_axis(manifest.labeled, manifest.classes)
         data = _load_data(manifest, cfg, input_size_for(cfg.backbone), stop)
         resume = _resume_state(self.folder.folder / "model_last.pt", cfg, data.class_names) if cfg.resume else None
         device = _device(self.world, self.local_rank, cfg)
@@ -324,7 +328,8 @@ class _Run:
                          num_unlabeled=0 if data.unlabeled is None else len(data.unlabeled),
                          num_validation=0 if data.validation is None else len(data.validation), method=cfg.method,
                          backbone=cfg.backbone, batch_size=cfg.batch_size, labeled_batch=bl, world_size=self.world,
-                         output=str(self.output_dir), removed_temporaries=self.folder.removed_temporaries)
+                         output=str(self.output_dir), removed_temporaries=self.folder.removed_temporaries,
+                         axis=cfg.axis, axis_reason=self.axis_reason)
             caches = (None, None)
             if cfg.freeze_encoder:
                 caches = _embedding_caches(cfg, model, data, bu, rng, device, amp_dtype, stop, self.main, trainer.emit)

@@ -171,6 +171,7 @@ def test_hippocampus_is_scored_in_3d_per_class(hippocampus_run, shared_data_dir)
     unlabeled = run["labeled"]["labeled_1"]["unlabeled_names"]
     assert len(unlabeled) == 1 and set(unlabeled) <= set(train) - set(labeled)
     d = json.loads((out / "results" / "cpcsam__labeled_1__seed0.json").read_text())
+    assert d["axis"] == 0  # isotropic, two classes: the engine slices along x, where both show together
     rows = d["inference"]["unprompted"]["rows"]
     assert sorted({r["class"] for r in rows}) == ["anterior", "posterior"] and len(rows) == 2
     assert all(r["gt_voxels"] > 100 for r in rows)  # whole volumes, not one slice
@@ -180,6 +181,7 @@ def test_hippocampus_is_scored_in_3d_per_class(hippocampus_run, shared_data_dir)
     report = (out / "report.md").read_text()
     assert "| DSC anterior | DSC posterior |" in report and "HD95 (mm)" in report
     assert "1 of the 169 other cases of the train list" in report and "scored in 3D" in report
+    assert "Slicing axis of the trained models: x " in report
 
 
 def test_rerun_keeps_every_unit(hippocampus_run, shared_data_dir, repo_root):

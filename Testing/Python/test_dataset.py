@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from CPCSAMLib import dataset as ds
+from CPCSAMLib import io
 from CPCSAMLib.errors import InputError
 
 LESION = [ds.ClassInfo("lesion", 255)]
@@ -351,3 +352,70 @@ def test_dataset_module_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------ slicing axis
+
+TWO = [ds.ClassInfo("anterior", 1), ds.ClassInfo("posterior", 2)]
+
+
+def _volume_pair(folder: Path, label: np.ndarray, spacing=(1.0, 1.0, 1.0), name="v") -> tuple:
+    """A real NRRD image/label pair with ``label`` ([z, y, x]) and ``spacing`` (x, y, z)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for kind, arr in (("image", rng.random(label.shape, dtype=np.float32) + label), ("label", label.astype(np.uint8))):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(spacing)
+        paths.append(folder / f"{name}_{kind}.nrrd")
+        sitk.WriteImage(img, str(paths[-1]))
+    return tuple(paths)
+
+
+def _stacked_along_z_and_y() -> np.ndarray:
+    """Class 1 above class 2 along z and y, both over the same x range: only x slices hold both."""
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[5:10, 5:10, 5:15] = 1
+    label[10:15, 10:15, 5:15] = 2
+    return label
+
+
+def test_choose_axis_takes_the_axis_whose_slices_show_all_classes(tmp_path):
+    pair = _volume_pair(tmp_path, _stacked_along_z_and_y())
+    assert io.default_axis(sitk.ReadImage(str(pair[0]))) == 2
+    axis, reason = ds.choose_axis([pair], TWO)
+    assert axis == 0 and "x 100%" in reason and "z 0%" in reason
+
+
+def test_choose_axis_keeps_the_largest_spacing_when_it_is_a_rule_not_a_tie(tmp_path):
+    pair = _volume_pair(tmp_path, _stacked_along_z_and_y(), spacing=(1.0, 1.0, 3.0))
+    assert ds.choose_axis([pair], TWO) == (None, "anisotropic spacing: largest spacing")
+
+
+def test_choose_axis_keeps_the_default_without_a_clear_gain(tmp_path):
+    side_by_side = np.zeros((20, 20, 20), np.uint8)
+    side_by_side[5:15, 5:15, 5:10] = 1  # z and y slices hold both classes, as many as x slices could
+    side_by_side[5:15, 5:15, 10:15] = 2
+    axis, reason = ds.choose_axis([_volume_pair(tmp_path, side_by_side)], TWO)
+    assert axis is None and "largest spacing kept" in reason
+
+
+def test_choose_axis_needs_two_classes(tmp_path):
+    label = _stacked_along_z_and_y()
+    assert ds.choose_axis([_volume_pair(tmp_path, label)], [ds.ClassInfo("a", 1), ds.ClassInfo("b", 2)])[0] == 0
+    one_present = np.where(label == 2, 0, label)
+    assert ds.choose_axis([_volume_pair(tmp_path, one_present, name="one")], TWO)[0] is None
+    assert ds.choose_axis([_volume_pair(tmp_path, (label > 0).astype(np.uint8), name="fg")],
+                          [ds.ClassInfo("fg", 1)]) == (None, "one class: largest spacing")
+
+
+def test_choose_axis_on_real_volumes(shared_data_dir, nrrd3d_dir):
+    hip = shared_data_dir / "hippocampus"
+    names = (hip / "labeled_3.txt").read_text().split()
+    axis, reason = ds.choose_axis([(hip / "images" / n, hip / "labels" / n) for n in names], TWO)
+    assert axis == 0, reason  # MSD Hippocampus: 1 mm isotropic; x slices show both classes
+    prostate = [(nrrd3d_dir / "prostate_phantom_subvolume.nrrd", nrrd3d_dir / "prostate_phantom_subvolume-label.nrrd")]
+    assert ds.choose_axis(prostate, [ds.ClassInfo(str(v), v) for v in (1, 7, 8, 9)])[0] is None  # 0.5 x 0.5 x 3 mm
+    busi = sorted((shared_data_dir / "busi" / "images").glob("*.png"))[:1]
+    two_values = [ds.ClassInfo("lesion", 255), ds.ClassInfo("other", 128)]
+    assert ds.choose_axis([(busi[0], shared_data_dir / "busi" / "masks" / busi[0].name)], two_values) == (None, "2D images")
