@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import qt
 import slicer
@@ -545,6 +544,8 @@ class CPCSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = (f"Training on {item.get('device', '?')}: {item.get('num_labeled', '?')} labeled, "
                                         f"{item.get('num_unlabeled', '?')} unlabeled slices, classes "
                                         f"{', '.join(item.get('classes') or [])}. Preparing...")
+            if item.get("axis") is not None:
+                self.appendLog(f"Slicing axis: {'xyz'[item['axis']]} ({item.get('axis_reason')})")
         elif kind == "caching":
             # embedding phase (frozen encoder): {"done", "total"} slices
             self.ui.progressBar.setRange(0, int(item.get("total") or 1))
