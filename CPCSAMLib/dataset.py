@@ -585,10 +585,11 @@ def _classes_together(index: np.ndarray) -> Optional[np.ndarray]:
     present = [c for c in np.unique(index) if c != 0]
     if len(present) < 2:
         return None
+    masks = [index == c for c in present]
     counts = np.zeros((3, 2), np.int64)
     for axis in range(3):
         other = tuple(a for a in range(3) if a != 2 - axis)
-        has = np.stack([(index == c).any(axis=other) for c in present])  # [classes, slices]
+        has = np.stack([m.any(axis=other) for m in masks])  # [classes, slices]
         counts[axis] = has.any(0).sum(), has.all(0).sum()
     return counts
 
@@ -616,13 +617,13 @@ def choose_axis(pairs: Sequence[tuple[PathLike, PathLike]], classes: Sequence[Cl
             return None, "2D images"
         spacing = np.asarray(image.GetSpacing(), float)
         candidates &= {a for a in range(3) if spacing[a] >= AXIS_SPACING_SHARE * spacing.max()}
+        if len(candidates) < 2:  # the spacing decides: no label needs reading
+            return None, "anisotropic spacing: largest spacing"
         label = io.load_label(label_path, image, values)
         counts = _classes_together(io.label_to_index(sitk.GetArrayFromImage(label), values))
         if counts is not None:
             pooled += counts
             default_counts += counts[io.default_axis(image)]
-    if len(candidates) < 2:
-        return None, "anisotropic spacing: largest spacing"
     if default_counts[0] == 0:
         return None, "no labeled volume holds two classes: largest spacing"
     share = pooled[:, 1] / np.maximum(pooled[:, 0], 1)

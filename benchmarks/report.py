@@ -348,7 +348,8 @@ def case_csv_table(files: Dict[str, Path], cases: List[str], classes=("anterior"
         if not Path(path).exists():
             lines.append(f"| {name} | (not run) |")
             continue
-        rows = [r for r in csv.DictReader(open(path)) if r["case"] in cases]
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["case"] in cases]
         by = {c: [r for r in rows if r["class"] == c] for c in classes}
         d = {c: 100 * sum(float(r["dice"]) for r in v) / len(v) for c, v in by.items()}
         vox = {c: (sum(int(r["pred_voxels"]) for r in v), sum(int(r["gt_voxels"]) for r in v)) for c, v in by.items()}
