@@ -63,7 +63,7 @@ def test_parser_defaults_are_the_dataclass_defaults():
 
 def test_the_help_states_each_default_once_from_the_schema():
     text = " ".join(_subparser("demo").format_help().split())
-    assert "1 to 16 per image (default: 4)" in text  # the demo's override, stated once
+    assert "peak learning rate (AdamW) (default: 0.002)" in text  # the demo's override, stated once
     assert "(default: 10000)" in " ".join(_subparser("train").format_help().split())
 
 
