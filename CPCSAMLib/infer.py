@@ -73,6 +73,7 @@ class Predictor:
         if emb is None:
             with self._autocast():
                 emb = self.model.encode(torch.from_numpy(np.ascontiguousarray(x_in)[None, None]).to(self.device))
+            emb = emb.contiguous()  # the layout _encode_batch gives: the same decoder kernels, the same result
             self.encoder_calls += 1
             self._embeddings[key] = emb
             while len(self._embeddings) > self.embedding_cache_size:

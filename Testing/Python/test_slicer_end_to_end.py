@@ -234,11 +234,15 @@ def test_train_apply_and_point_prompts(logic, scene, busi_dir, tmp_path):
     stack = np.stack([volume[0] * f for f in (1.0, 0.3, 0.1)]).astype(np.float32)
     image3d = sitk.GetImageFromArray(stack)
     applied = sitk.GetArrayFromImage(predictor.predict_image(image3d, axis=2)) > 0
-    assert not (np.array_equal(applied[0], applied[1]) and np.array_equal(applied[0], applied[2]))
+    # Apply encodes the three slices in one batch, the effect one at a time: on CPUs with bf16 the
+    # two round differently, so a few boundary pixels may flip (a wrong window changes far more)
+    tolerance = stack[0].size // 10000
+    assert max(int((applied[k] != applied[0]).sum()) for k in (1, 2)) > 10 * tolerance
     window = predictor.intensity_window(stack)
     for k in range(3):
-        np.testing.assert_array_equal(predictor.predict_slice(stack[k], window=window) > 0, applied[k])
-        np.testing.assert_array_equal(predictor.predict_slice(stack[k]) > 0, applied[0])  # each alone: slice 0
+        for got, want in ((predictor.predict_slice(stack[k], window=window) > 0, applied[k]),
+                          (predictor.predict_slice(stack[k]) > 0, applied[0])):  # each alone: slice 0
+            assert got.shape == want.shape and int((got != want).sum()) <= tolerance, (k, int((got != want).sum()))
     print(f"\ntrain 2 iterations (with process start-up) {train_seconds:.1f} s, apply {apply_seconds:.1f} s, "
           f"in-process Predictor load + predict {predictor_seconds:.1f} s")
 
