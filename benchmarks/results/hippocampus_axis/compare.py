@@ -30,6 +30,7 @@ lists = {
         "GPU CPC-SAM, axis z (call 2)": call2 / "cpcsam__labeled_3__seed2__{mode}_cases.csv",
         "CPU labeled-only, axis x": here / "supervised_x__labeled_3__seed2__{mode}_cases.csv",
         "CPU CPC-SAM, axis x": here / "cpcsam_x__labeled_3__seed2__{mode}_cases.csv",
+        "CPU CPC-SAM, axis x, box margin 0": here / "cpcsam_x_margin0__labeled_3__seed2__{mode}_cases.csv",
     },
 }
 for lst, files in lists.items():
