@@ -31,6 +31,7 @@ lists = {
         "CPU labeled-only, axis x": here / "supervised_x__labeled_3__seed2__{mode}_cases.csv",
         "CPU CPC-SAM, axis x": here / "cpcsam_x__labeled_3__seed2__{mode}_cases.csv",
         "CPU CPC-SAM, axis x, box margin 0": here / "cpcsam_x_margin0__labeled_3__seed2__{mode}_cases.csv",
+        "CPU CPC-SAM, axis x, joint box pass": here / "cpcsam_x_joint__labeled_3__seed2__{mode}_cases.csv",
     },
 }
 for lst, files in lists.items():
