@@ -1,9 +1,9 @@
 """Where CPC-SAM's extra voxels are: on x slices without reference foreground, or inside slices with it."""
-import sys, numpy as np, SimpleITK as sitk, torch
+import os, sys, numpy as np, SimpleITK as sitk, torch
 from pathlib import Path
 from CPCSAMLib.infer import Predictor
 torch.set_num_threads(2)
-root = Path("/work/shared/data/hippocampus")
+root = Path(os.environ.get("HIPPOCAMPUS", "../shared/data/hippocampus"))  # usage: fp_slices.py MODEL.pt
 names = (root / "val.txt").read_text().split()[:8]
 p = Predictor.from_checkpoint(sys.argv[1], "cpu")
 tot = np.zeros(4, int)
