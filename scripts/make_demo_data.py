@@ -8,8 +8,12 @@ Selection (deterministic):
   of val, so that the demo's mean Dice is close to the whole val set's; an earlier selection of
   12, every 7th, held mostly tiny lesions and scored about 0.3 below val for every model).
 
-Each image is downscaled so that its longer side is 256 px (bilinear with anti-aliasing for
-images; nearest neighbour for masks, which stay 0/255) and saved as 8-bit PNG under its original
+Each image is downscaled so that its shorter side is 256 px (never enlarged), so that the
+pipeline's resize to LiteMedSAM's 256 x 256 input only shrinks it, as it shrinks the original
+images: a longer side of 256 made the pipeline enlarge the shorter side, and the encoder saw
+visibly blurrier images than from the originals (labeled-only demo training scored about 0.06 Dice
+lower; benchmarks/results/demo_session12). Bilinear with anti-aliasing for images, nearest
+neighbour for masks (which stay 0/255); saved as 8-bit PNG under its original
 file name. Writes ``manifest.json``; ``README.md`` (attribution) is kept as written by hand.
 
 Usage: python scripts/make_demo_data.py [--source /work/shared/data/busi] [--output DIR]
@@ -25,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from skimage.transform import resize
 
-LONG_SIDE = 256
+SHORT_SIDE = 256
 NUM_UNLABELED = 30
 NUM_VALIDATION = 43
 
@@ -41,7 +45,7 @@ def read_list(path: Path) -> list[str]:
 
 def downscale(arr: np.ndarray, is_mask: bool) -> np.ndarray:
     h, w = arr.shape
-    scale = LONG_SIDE / max(h, w)
+    scale = min(1.0, SHORT_SIDE / min(h, w))
     shape = (max(1, round(h * scale)), max(1, round(w * scale)))
     if is_mask:
         out = resize(arr, shape, order=0, preserve_range=True, anti_aliasing=False)

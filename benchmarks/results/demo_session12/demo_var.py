@@ -1,0 +1,68 @@
+"""Demo training with variations; scores the last model on the demo's 43 held-apart images and the other 43 val.
+usage: demo_var.py OUT unl=demo|all key=value ..."""
+import dataclasses, json, sys, time
+from pathlib import Path
+import numpy as np, torch
+from CPCSAMLib import dataset as ds, io
+from CPCSAMLib.config import DEMO_DEFAULTS, TrainConfig
+from CPCSAMLib.demo import DEMO_DIR
+import os
+DEMO_DIR = Path(os.environ.get("DEMO_DATA", DEMO_DIR))
+from CPCSAMLib.training import run_training
+from CPCSAMLib.infer import Predictor
+from CPCSAMLib.metrics import dice
+BUSI = Path(os.environ.get("BUSI", "../shared/data/busi"))
+if os.environ.get("AUG_ORDER"):
+    _order = int(os.environ["AUG_ORDER"])
+    def _augment(image, label, rng):
+        from scipy import ndimage
+        angle = float(rng.uniform(-20.0, 20.0)); flip_h = bool(rng.random() < 0.5); flip_v = bool(rng.random() < 0.5)
+        img = ndimage.rotate(image, angle, reshape=False, order=_order, mode="constant", cval=0.0)
+        img = np.clip(img, float(image.min()), float(image.max()))
+        lab = None if label is None else ndimage.rotate(label, angle, reshape=False, order=0, mode="constant", cval=0)
+        if flip_h:
+            img = img[:, ::-1]; lab = lab[:, ::-1] if lab is not None else None
+        if flip_v:
+            img = img[::-1, :]; lab = lab[::-1, :] if lab is not None else None
+        img = np.ascontiguousarray(img, dtype=image.dtype)
+        if lab is not None:
+            lab = np.ascontiguousarray(lab, dtype=label.dtype)
+        return img, lab
+    ds.augment = _augment
+    print("augment order", _order, flush=True)
+out = Path(sys.argv[1]); unl = sys.argv[2].split("=")[1].split(",")[0]
+over = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in sys.argv[3:])}
+cfg = dict(DEMO_DEFAULTS); cfg.update(over); cfg = TrainConfig(**cfg)
+man = ds.load_manifest(DEMO_DIR / "manifest.json")
+held = list(man.validation)
+if unl == "all":
+    lab = {Path(p).name for p, _ in man.labeled}
+    names = [n.strip() for n in (BUSI / "train.txt").read_text().split() if n.strip() and n.strip() not in lab]
+    unlabeled = [BUSI / "images" / n for n in names]
+else:
+    unlabeled = list(man.unlabeled)
+labeled = list(man.labeled)
+if "fullres" in sys.argv[2]:
+    labeled = [(BUSI / "images" / Path(p).name, BUSI / "masks" / Path(p).name) for p, _ in man.labeled]
+tm = dataclasses.replace(man, labeled=labeled, unlabeled=unlabeled, validation=[])
+t = time.time()
+res = run_training(tm, out / "model", cfg, progress=False)
+ttrain = time.time() - t
+torch.set_num_threads(cfg.num_threads or 2)
+pred = Predictor.from_checkpoint(res.model, "cpu")
+def score(pairs):
+    s = []
+    for ip, lp in pairs:
+        img = io.load_image(ip)
+        p = io.to_slices(pred.predict_image(img))[0][0] > 0
+        g = io.to_slices(io.load_label(lp, img, man.label_values))[0][0] > 0
+        s.append(dice(p, g))
+    return s
+demo_names = {Path(p).name for p, _ in held}
+vnames = [n.strip() for n in (BUSI / "val.txt").read_text().split() if n.strip()]
+other = [(BUSI / "images" / n, BUSI / "masks" / n) for n in vnames if n not in demo_names]
+s1 = score(held); s2 = score(other)
+r = {"over": over, "unl": unl, "n_unl": len(unlabeled), "its": res.iteration, "train_s": round(ttrain),
+     "demo43": round(float(np.mean(s1)), 4), "other43": round(float(np.mean(s2)), 4)}
+(out / "result.json").write_text(json.dumps({**r, "demo_scores": s1, "other_scores": s2}))
+print("RESULT", json.dumps(r), flush=True)
