@@ -30,6 +30,32 @@ if os.environ.get("AUG_ORDER"):
         return img, lab
     ds.augment = _augment
     print("augment order", _order, flush=True)
+if os.environ.get("AUG_MODE") == "strong":
+    def _augment_strong(image, label, rng):
+        """rotation U(-20, 20) and scale U(0.8, 1.25) in one bilinear resampling, flips, gamma, contrast."""
+        from scipy import ndimage
+        angle = np.deg2rad(float(rng.uniform(-20.0, 20.0))); scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        flip_h = bool(rng.random() < 0.5); flip_v = bool(rng.random() < 0.5)
+        gamma = float(np.exp(rng.uniform(-0.3, 0.3))) if rng.random() < 0.5 else 1.0
+        gain, bias = (float(rng.uniform(0.85, 1.15)), float(rng.uniform(-0.05, 0.05))) if rng.random() < 0.5 else (1.0, 0.0)
+        c, s_ = np.cos(angle), np.sin(angle)
+        m = np.array([[c, -s_], [s_, c]]) / scale  # output -> input coordinates
+        centre = (np.array(image.shape) - 1) / 2.0
+        offset = centre - m @ centre
+        img = ndimage.affine_transform(image, m, offset, order=1, mode="constant", cval=0.0)
+        lab = None if label is None else ndimage.affine_transform(label, m, offset, order=0, mode="constant", cval=0)
+        if flip_h:
+            img = img[:, ::-1]; lab = lab[:, ::-1] if lab is not None else None
+        if flip_v:
+            img = img[::-1, :]; lab = lab[::-1, :] if lab is not None else None
+        img = np.clip(img, 0.0, 1.0) ** gamma * gain + bias
+        img = np.clip(img, 0.0, 1.0)
+        img = np.ascontiguousarray(img, dtype=image.dtype)
+        if lab is not None:
+            lab = np.ascontiguousarray(lab, dtype=label.dtype)
+        return img, lab
+    ds.augment = _augment_strong
+    print("augment strong", flush=True)
 out = Path(sys.argv[1]); unl = sys.argv[2].split("=")[1].split(",")[0]
 over = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in sys.argv[3:])}
 cfg = dict(DEMO_DEFAULTS); cfg.update(over); cfg = TrainConfig(**cfg)
