@@ -50,7 +50,13 @@ class HorizonEstimator:
     the ones that follow, so the horizon is measured once more, ``timed`` iterations after the
     first step with unlabeled images. After that it is measured again whenever another
     ``REFRESH_FRACTION`` of the time budget has passed, from the iterations since the last
-    measurement, so that a machine that gets busier (or idle) still ends the schedule in time."""
+    measurement, so that a machine that gets busier (or idle) still ends the schedule in time.
+
+    ``unlabeled_extra``: seconds that a step with unlabeled images costs more than a labeled-only
+    step (the trainer measures it before the first iteration). While the warm-up runs, the horizon
+    then counts its remaining steps at the measured cost and the steps after it at that cost plus
+    the extra, so the warm-up is ``supervised_warmup`` of the iterations that will run and the
+    learning rate does not step down when cross prompting starts."""
 
     REFRESH_FRACTION = 0.1
 
@@ -61,8 +67,16 @@ class HorizonEstimator:
         self._first = start_iteration + 1  # the iteration whose end starts the clock
         self._clock: Optional[float] = None
         self._measured = 0
+        #: seconds a step with unlabeled images costs more than a labeled-only one (None: unknown)
+        self.unlabeled_extra: Optional[float] = None
         #: iterations trained on labeled images only; moves with the horizon until it is reached
         self.supervised_end = supervised_iterations(cfg, self.horizon)
+
+    def wants_unlabeled_cost(self, it: int) -> bool:
+        """Whether a time-limited run starting at iteration ``it`` has a supervised warm-up ahead
+        that is followed by dearer steps with unlabeled images (see ``unlabeled_extra``)."""
+        return (self.cfg.max_minutes is not None and self.cfg.method != "supervised"
+                and 0.0 < self.cfg.supervised_warmup < 1.0 and it < self.supervised_end)
 
     def after_iteration(self, it: int, now: Optional[float] = None) -> Optional[dict]:
         """Call after iteration ``it`` (1-based count) ends; returns the event fields when the
@@ -89,6 +103,11 @@ class HorizonEstimator:
         per_iteration = (now - self._clock) / (it - self._first)
         remaining = self.cfg.max_minutes * 60.0 - (now - self.start_time)
         fit = it + int(max(0.0, remaining) / max(per_iteration, 1e-9))
+        if self.unlabeled_extra and it < self.supervised_end:  # timed on warm-up steps: add the dearer rest
+            f = self.cfg.supervised_warmup
+            fit = int((max(0.0, remaining) + it * per_iteration) / (per_iteration + (1.0 - f) * self.unlabeled_extra))
+            if supervised_iterations(self.cfg, fit) <= it:  # the warm-up ends now: the rest all dearer
+                fit = it + int(max(0.0, remaining) / (per_iteration + self.unlabeled_extra))
         self.horizon = max(it, min(self.cfg.iterations, fit))
         self.fixed = True
         self._measured += 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -120,3 +121,17 @@ class TrainStep:
         if not math.isfinite(out["loss"]):
             raise FloatingPointError(f"loss became {out['loss']} at iteration {iteration}; lower --lr")
         return out
+
+    def time_forward_backward(self, xl, yl, xu, rng: np.random.Generator, supervised_only: bool) -> float:
+        """Seconds of one forward and backward pass of the combined loss, gradients dropped and the
+        weights and optimiser state untouched (the trainer sizes its time-limited schedule with it)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            losses = self.step_module(xl, yl, xu, rng, supervised_only)
+        losses["loss"].backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.optimizer.zero_grad(set_to_none=True)
+        return seconds

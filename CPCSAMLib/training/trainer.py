@@ -105,12 +105,27 @@ class Trainer:
     def run(self) -> str:
         """Returns ``completed`` or ``time_limit``; raises :class:`Cancelled` between iterations."""
         self.model.train()
+        if self.horizon.wants_unlabeled_cost(self.iteration) and self.batches.unl_cycle is not None:
+            self.measure_unlabeled_cost()
         while self.iteration < self.cfg.iterations:
             self.stop.check(f"training (after iteration {self.iteration})")
             if self.out_of_time():
                 return "time_limit"
             self.run_iteration()
         return "completed"
+
+    def measure_unlabeled_cost(self) -> None:
+        """Times a labeled-only and a full forward and backward pass on one batch (after an untimed
+        one that warms the unlabeled path up) and gives the difference to the horizon estimator; the
+        weights do not change. Emits ``step_cost``."""
+        self.stop.check("timing the training step")
+        xl, yl, xu = self.batches.next()
+        rng = np.random.default_rng(0)  # the training stream's prompts are not drawn here
+        self.step.time_forward_backward(xl, yl, xu, rng, False)
+        labeled_only = self.step.time_forward_backward(xl, yl, xu, rng, True)
+        full = self.step.time_forward_backward(xl, yl, xu, rng, False)
+        self.horizon.unlabeled_extra = max(0.0, full - labeled_only)
+        self.emit("step_cost", labeled_only_seconds=round(labeled_only, 4), with_unlabeled_seconds=round(full, 4))
 
     def run_iteration(self) -> None:
         it, horizon = self.iteration, self.horizon.horizon

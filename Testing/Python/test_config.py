@@ -220,6 +220,60 @@ def test_horizon_is_sized_from_the_measured_step_time():
     assert fixed.after_iteration(4, now=1.0) is None and fixed.horizon == 50
 
 
+def test_horizon_counts_the_dearer_unlabeled_steps_during_the_warm_up():
+    from CPCSAMLib.training.schedule import HorizonEstimator
+
+    def warm_up_share(extra):
+        """Simulated clock: labeled-only steps 2 s, steps with unlabeled images 2 s + 2 s; 600 s budget."""
+        h = HorizonEstimator(TrainConfig(iterations=10000, max_minutes=10.0, supervised_warmup=0.5), 0.0, 0)
+        assert h.wants_unlabeled_cost(0)
+        h.unlabeled_extra = extra
+        now, it = 60.0, 0
+        while now < 600.0 and it < h.horizon:
+            it += 1
+            h.after_iteration(it, now=now)
+            now += 2.0 if it < h.supervised_end else 4.0
+        return h, it
+
+    h, ran = warm_up_share(2.0)
+    # first measurement at iteration 4 (66 s): (534 s + 4 x 2 s) / (2 s + 0.5 x 2 s) -> 180, half of it labeled-only
+    assert h.supervised_end == 90 and h.horizon == 180 and 178 <= ran <= 181
+    old, ran_old = warm_up_share(None)  # unknown extra cost: the warm-up is timed as if every step cost 2 s
+    assert old.supervised_end == 135 and ran_old < 210  # two thirds of the run labeled-only
+    tiny = HorizonEstimator(TrainConfig(iterations=10000, max_minutes=10.0, supervised_warmup=0.01), 0.0, 0)
+    tiny.unlabeled_extra = 2.0
+    for i, t in ((1, 60.0), (2, 62.0), (3, 64.0)):
+        tiny.after_iteration(i, now=t)
+    assert tiny.after_iteration(4, now=66.0)["horizon"] == 4 + 133  # the warm-up is over: 534 s at 4 s a step
+    assert not HorizonEstimator(TrainConfig(max_minutes=1.0, method="supervised"), 0.0, 0).wants_unlabeled_cost(0)
+    assert not HorizonEstimator(TrainConfig(iterations=100), 0.0, 0).wants_unlabeled_cost(0)
+    assert not HorizonEstimator(TrainConfig(max_minutes=1.0, supervised_warmup=0.0), 0.0, 0).wants_unlabeled_cost(0)
+
+
+def test_timing_a_step_leaves_weights_gradients_and_optimiser_untouched():
+    import numpy as np
+    import torch
+
+    from CPCSAMLib.training.step import TrainStep
+
+    layer = torch.nn.Linear(3, 1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1.0)
+    seen = []
+
+    def module(xl, yl, xu, rng, supervised_only):
+        seen.append(supervised_only)
+        return {"loss": layer(xl).sum() + (0 if supervised_only else layer(xu).sum())}
+
+    step = TrainStep(None, module, optimizer, torch.device("cpu"), None, sequential=False)
+    x = torch.ones(2, 3)
+    assert step.time_forward_backward(x, None, x, np.random.default_rng(0), False) > 0
+    assert step.time_forward_backward(x, None, x, np.random.default_rng(0), True) > 0
+    assert seen == [False, True]
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+    assert all(p.grad is None for p in layer.parameters()) and not optimizer.state
+
+
 def test_cli_train_with_a_bad_job_file_is_refused_before_anything_is_loaded(tmp_path):
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"update": "sequential", "freeze_encoder": True}))

@@ -239,6 +239,27 @@ def test_frozen_encoder_mode_caches_embeddings_and_predicts(small_manifest, tmp_
     assert dst.is_file()
 
 
+def test_time_limited_run_with_a_warm_up_times_the_unlabeled_step_first(small_manifest, tmp_path):
+    out = tmp_path / "out"
+    r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 6, "--batch-size", 2,
+             "--val-every", 6, "--no-progress", "--freeze-encoder", "--cache-views", 2, "--max-minutes", 60,
+             "--supervised-warmup", 0.5)
+    assert r.returncode == 0, r.stderr
+    events = read_events(out / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds.count("step_cost") == 1 and kinds.index("cached") < kinds.index("step_cost") < kinds.index("iteration")
+    cost = events[kinds.index("step_cost")]
+    assert cost["labeled_only_seconds"] > 0 and cost["with_unlabeled_seconds"] > 0
+    assert events[-1]["event"] == "finished" and events[-1]["iteration"] == 6
+    its = [e for e in events if e["event"] == "iteration"]
+    assert [e["loss_cross"] == 0 for e in its][:3] == [True] * 3 and all(e["loss_cross"] > 0 for e in its[3:])
+    # a fixed-length run has no time budget to fit: nothing is timed
+    r = _cli("train", "--manifest", small_manifest, "--output", tmp_path / "fixed", "--iterations", 2, "--batch-size",
+             2, "--val-every", 2, "--no-progress", "--freeze-encoder", "--cache-views", 2, "--supervised-warmup", 0.5)
+    assert r.returncode == 0, r.stderr
+    assert "step_cost" not in [e["event"] for e in read_events(tmp_path / "fixed" / "events.jsonl")]
+
+
 def test_embedding_store_lets_a_second_run_skip_the_encoder(small_manifest, tmp_path):
     store = tmp_path / "store"
     runs = []
