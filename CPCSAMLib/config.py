@@ -147,6 +147,11 @@ class TrainConfig:
                                             "L_c) also train the encoder's LoRA (the paper); with "
                                             "--no-unlabeled-trains-encoder only the labeled loss does, and the "
                                             "unlabeled images train the prompt encoder and decoders", kind=bool)
+    negative_boxes: bool = option(False, "--negative-boxes", "box prompts: on labeled images, a class the "
+                                  "reference lacks but the other decoder's unprompted prediction shows is also "
+                                  "prompted with that prediction's box and supervised as background, so a cross "
+                                  "target stops confirming a false positive (for data with many slices without "
+                                  "a class)", kind=bool)
     augment: bool = option(True, "--augment", "rotation/flip augmentation", kind=bool)
     seed: int = option(0, "--seed", "random seed", kind=int)
     # ---- data ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch import nn
 from . import losses
 from .config import METHODS
 from .modeling.dual_sam import DualBranchSAM
+from .prompts import with_negative_boxes
 
 PROMPT_TYPES = ("box", "point")
 
@@ -34,7 +35,8 @@ class CPCObjective(nn.Module):
 
     def __init__(self, model: DualBranchSAM, method: str = "cpcsam", lambda_cross: float = 0.4,
                  lambda_consistency: float = 0.05, prompt_type: str = "box", box_margin: float = 0.1,
-                 frozen_encoder: bool = False, unlabeled_trains_encoder: bool = True) -> None:
+                 frozen_encoder: bool = False, unlabeled_trains_encoder: bool = True,
+                 negative_boxes: bool = False) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -48,6 +50,7 @@ class CPCObjective(nn.Module):
         self.box_margin = box_margin
         self.frozen_encoder = frozen_encoder
         self.unlabeled_trains_encoder = unlabeled_trains_encoder
+        self.negative_boxes = negative_boxes and prompt_type == "box"
 
     def prompts(self, maps: torch.Tensor, rng: np.random.Generator):
         """Centre and random prompts of every class from label maps ``[B, H, W]``."""
@@ -55,13 +58,23 @@ class CPCObjective(nn.Module):
 
     def supervised_loss(self, emb_l: torch.Tensor, p1_l: torch.Tensor, p2_l: torch.Tensor, yl: torch.Tensor,
                         rng: np.random.Generator) -> torch.Tensor:
-        """Eq. 3: unprompted (0.8 Dice + 0.2 CE) and GT-prompted centre/random (0.5/0.5) for both decoders."""
+        """Eq. 3: unprompted (0.8 Dice + 0.2 CE) and GT-prompted centre/random (0.5/0.5) for both decoders.
+
+        ``negative_boxes``: decoder ``b`` is also prompted with the boxes of the other decoder's
+        unprompted prediction for the classes the reference lacks (as a cross step would prompt it),
+        and their maps are supervised as background, so a prompted decoder learns to answer a box
+        that holds nothing of its class with nothing."""
         m = self.model
         loss = losses.supervised_unprompted(p1_l, yl) + losses.supervised_unprompted(p2_l, yl)
         gt = self.prompts(yl, rng)
         for branch in (1, 2):
+            prompts = gt
+            if self.negative_boxes:
+                with torch.no_grad():
+                    other = self.prompts((p2_l, p1_l)[branch - 1].argmax(1), rng)
+                prompts = with_negative_boxes(gt, other)
             for which in ("center", "random"):
-                out = m.decode_prompted(branch, emb_l, gt, which, unprompted=(p1_l, p2_l)[branch - 1])
+                out = m.decode_prompted(branch, emb_l, prompts, which, unprompted=(p1_l, p2_l)[branch - 1])
                 loss = loss + losses.supervised_prompted(out, yl)
         return loss
 

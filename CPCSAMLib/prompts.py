@@ -233,6 +233,16 @@ class BoxPrompts:
         return BoxPrompts(self.center.to(device), self.random.to(device), self.present.to(device))
 
 
+def with_negative_boxes(reference: BoxPrompts, predicted: BoxPrompts) -> BoxPrompts:
+    """``reference`` (boxes of the ground truth) plus, for every class that the reference lacks but
+    ``predicted`` (boxes of a prediction on the same maps) shows, the predicted boxes. Supervised
+    with the ground truth, such a box's class map has background as its target: a negative box."""
+    add = predicted.present & ~reference.present
+    pick = add[..., None]
+    return BoxPrompts(torch.where(pick, predicted.center, reference.center),
+                      torch.where(pick, predicted.random, reference.random), reference.present | add)
+
+
 def component_box(component: np.ndarray, margin: float) -> np.ndarray:
     """Box ``(x0, y0, x1, y1)`` (float32, pixels) of the non-empty mask ``component``, widened on
     each side by ``margin`` times its width/height (at least one pixel) and clipped to the map."""

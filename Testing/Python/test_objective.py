@@ -209,3 +209,36 @@ def test_point_prompts_still_work_for_sam_style_backbones():
     assert model.prompt_encoder.point_embeddings.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         CPCObjective(model, "cpcsam", prompt_type="mask")
+
+
+def test_negative_boxes_prompt_the_classes_the_reference_lacks_from_the_other_decoder():
+    from CPCSAMLib.prompts import BoxPrompts
+
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=2)
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    yl = torch.zeros(1, 256, 256, dtype=torch.long)
+    yl[0, 100:160, 90:170] = 1  # class 1 only
+    p1 = torch.zeros(1, 3, 256, 256)
+    p1[0, 0] = 5.0  # decoder 1 sees background everywhere
+    p2 = p1.clone()
+    p2[0, 2, 20:40, 30:60] = 10.0  # decoder 2 sees a false class 2 in a square
+    seen = {}
+    decode = model.decode_prompted
+
+    def spy(branch, emb_, prompts, which="center", unprompted=None):
+        seen[(branch, which)] = prompts
+        return decode(branch, emb_, prompts, which, unprompted)
+
+    model.decode_prompted = spy
+    plain = CPCObjective(model, "cpcsam", frozen_encoder=True).supervised_loss(emb, p1, p2, yl, np.random.default_rng(0))
+    assert all(not p.present[0, 1] for p in seen.values())
+    neg = CPCObjective(model, "cpcsam", frozen_encoder=True, negative_boxes=True)
+    loss = neg.supervised_loss(emb, p1, p2, yl, np.random.default_rng(0))
+    one, two = seen[(1, "center")], seen[(2, "center")]
+    assert isinstance(one, BoxPrompts) and one.present[0].tolist() == [True, True]
+    # decoder 1 gets decoder 2's false class-2 box (margin 0.1 of 30 x 20 px), decoder 2 none from decoder 1
+    assert one.center[0, 1].tolist() == pytest.approx([27.0, 18.0, 62.0, 41.0])
+    assert two.present[0].tolist() == [True, False]
+    assert torch.equal(one.center[0, 0], two.center[0, 0])  # the reference's class-1 box for both
+    assert loss.item() != pytest.approx(plain.item())  # the negative box's map is supervised as background
+    assert not CPCObjective(model, "cpcsam", prompt_type="point", negative_boxes=True).negative_boxes
