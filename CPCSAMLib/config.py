@@ -152,6 +152,10 @@ class TrainConfig:
                                   "prompted with that prediction's box and supervised as background, so a cross "
                                   "target stops confirming a false positive (for data with many slices without "
                                   "a class)", kind=bool)
+    agreed_prompts: bool = option(False, "--agreed-prompts", "cross prompts come only from the components of "
+                                  "a decoder's unprompted prediction that the other decoder's prediction "
+                                  "overlaps (same class); a class without one is absent, so the other "
+                                  "decoder's unprompted map is its target", kind=bool)
     augment: bool = option(True, "--augment", "rotation/flip augmentation", kind=bool)
     seed: int = option(0, "--seed", "random seed", kind=int)
     # ---- data ----------------------------------------------------------------------------------

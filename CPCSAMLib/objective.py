@@ -25,7 +25,7 @@ from torch import nn
 from . import losses
 from .config import METHODS
 from .modeling.dual_sam import DualBranchSAM
-from .prompts import with_negative_boxes
+from .prompts import agreed_components, with_negative_boxes
 
 PROMPT_TYPES = ("box", "point")
 
@@ -36,7 +36,7 @@ class CPCObjective(nn.Module):
     def __init__(self, model: DualBranchSAM, method: str = "cpcsam", lambda_cross: float = 0.4,
                  lambda_consistency: float = 0.05, prompt_type: str = "box", box_margin: float = 0.1,
                  frozen_encoder: bool = False, unlabeled_trains_encoder: bool = True,
-                 negative_boxes: bool = False) -> None:
+                 negative_boxes: bool = False, agreed_prompts: bool = False) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -51,6 +51,7 @@ class CPCObjective(nn.Module):
         self.frozen_encoder = frozen_encoder
         self.unlabeled_trains_encoder = unlabeled_trains_encoder
         self.negative_boxes = negative_boxes and prompt_type == "box"
+        self.agreed_prompts = agreed_prompts
 
     def prompts(self, maps: torch.Tensor, rng: np.random.Generator):
         """Centre and random prompts of every class from label maps ``[B, H, W]``."""
@@ -102,8 +103,12 @@ class CPCObjective(nn.Module):
                 loss_cross = losses.cross_prompting_loss(p1_u, p2_u, t1, t2)
             else:
                 with torch.no_grad():
-                    from1 = self.prompts(p1_u.argmax(1), rng)
-                    from2 = self.prompts(p2_u.argmax(1), rng)
+                    s1, s2 = p1_u.argmax(1), p2_u.argmax(1)
+                    if self.agreed_prompts:  # prompt only the objects both decoders see
+                        s1, s2 = (agreed_components(s1, s2, m.num_classes),
+                                  agreed_components(s2, s1, m.num_classes))
+                    from1 = self.prompts(s1, rng)
+                    from2 = self.prompts(s2, rng)
                     # D1 is prompted from D2's prediction, D2 from D1's
                     c1 = m.decode_prompted(1, emb_u, from2, "center", unprompted=p1_u)
                     c2 = m.decode_prompted(2, emb_u, from1, "center", unprompted=p2_u)

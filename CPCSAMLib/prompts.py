@@ -49,6 +49,7 @@ __all__ = [
     "PointPrompts",
     "BoxPrompts",
     "box_prompts_from_label_maps",
+    "agreed_components",
     "component_box",
     "largest_component",
     "center_point",
@@ -241,6 +242,29 @@ def with_negative_boxes(reference: BoxPrompts, predicted: BoxPrompts) -> BoxProm
     pick = add[..., None]
     return BoxPrompts(torch.where(pick, predicted.center, reference.center),
                       torch.where(pick, predicted.random, reference.random), reference.present | add)
+
+
+def agreed_components(maps, others, num_classes: int) -> torch.Tensor:
+    """``maps`` with, for each class, only the 8-connected components that overlap the same class in
+    ``others`` (label maps of the same images, e.g. the other decoder's prediction); the pixels of
+    the other components become background. Cross prompts drawn from the result prompt only objects
+    that both decoders see, so one decoder's false positive does not get a box of its own that the
+    other decoder then fills. Returns a long tensor on the device of ``maps``."""
+    device = maps.device if isinstance(maps, torch.Tensor) else "cpu"
+    arr = _label_maps(maps, num_classes).copy()
+    other = _label_maps(others, num_classes)
+    if other.shape != arr.shape:
+        raise InputError(f"label maps of shapes {arr.shape} and {other.shape} cannot be compared")
+    for b in range(arr.shape[0]):
+        for c in range(1, num_classes + 1):
+            labelled, count = ndimage.label(arr[b] == c, structure=_EIGHT_CONNECTED)
+            if count == 0:
+                continue
+            keep = np.zeros(count + 1, bool)
+            keep[np.unique(labelled[other[b] == c])] = True
+            keep[0] = False
+            arr[b][(labelled > 0) & ~keep[labelled]] = 0
+    return torch.from_numpy(arr).long().to(device)
 
 
 def component_box(component: np.ndarray, margin: float) -> np.ndarray:

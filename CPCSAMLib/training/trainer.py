@@ -288,7 +288,7 @@ class _Run:
                                  prompt_type=cfg.resolved_prompt_type(), box_margin=cfg.box_margin,
                                  frozen_encoder=cfg.freeze_encoder,
                                  unlabeled_trains_encoder=cfg.unlabeled_trains_encoder,
-                                 negative_boxes=cfg.negative_boxes)
+                                 negative_boxes=cfg.negative_boxes, agreed_prompts=cfg.agreed_prompts)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         step_module = objective

@@ -242,3 +242,39 @@ def test_negative_boxes_prompt_the_classes_the_reference_lacks_from_the_other_de
     assert torch.equal(one.center[0, 0], two.center[0, 0])  # the reference's class-1 box for both
     assert loss.item() != pytest.approx(plain.item())  # the negative box's map is supervised as background
     assert not CPCObjective(model, "cpcsam", prompt_type="point", negative_boxes=True).negative_boxes
+
+
+def test_agreed_prompts_drop_a_false_component_the_other_decoder_does_not_see():
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=2)
+    emb = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    yl = torch.zeros(1, 256, 256, dtype=torch.long)
+    yl[0, 100:160, 90:170] = 1
+    fixed = {b: torch.zeros(2, 3, 256, 256) for b in (1, 2)}
+    for b in (1, 2):
+        fixed[b][:, 0] = 5.0
+        fixed[b][:, 1, 100:160, 90:170] = 10.0  # both decoders see class 1 here
+    fixed[1][:, 2, 20:40, 30:60] = 10.0  # decoder 1 alone sees a false class 2
+    decode = model.decode
+
+    def unprompted(branch, emb_, *args, **kwargs):
+        return fixed[branch] if emb_.shape[0] == 2 and not args and not kwargs else decode(branch, emb_, *args, **kwargs)
+
+    model.decode = unprompted
+    seen = []
+    decode_prompted = model.decode_prompted
+
+    def spy(branch, emb_, prompts, which="center", unprompted=None):
+        seen.append((branch, which, prompts))
+        return decode_prompted(branch, emb_, prompts, which, unprompted)
+
+    model.decode_prompted = spy
+    for agreed, want in ((False, [True, True]), (True, [True, False])):
+        seen.clear()
+        obj = CPCObjective(model, "cpcsam", frozen_encoder=True, agreed_prompts=agreed)
+        out = obj(emb[:1], yl, emb[1:], np.random.default_rng(0))
+        assert torch.isfinite(out["loss"])
+        # the last four passes are the cross steps; decoder 2 is prompted from decoder 1's map
+        cross = {(b, w): p for b, w, p in seen[-4:]}
+        assert cross[(2, "center")].present[0].tolist() == want
+        assert cross[(1, "center")].present[0].tolist() == [True, False]
+        assert torch.equal(cross[(2, "center")].center[0, 0], cross[(1, "center")].center[0, 0])

@@ -215,3 +215,30 @@ def test_component_boxes_cover_each_sizeable_component_largest_first():
     single[0, 10:30, 5:25] = 1
     assert torch.equal(component_boxes_from_label_maps(single, 1, margin=0.1).boxes[0],
                        box_prompts_from_label_maps(single, 1, margin=0.1).center[0, 0])
+
+
+def test_agreed_components_keep_only_what_the_other_map_overlaps():
+    from CPCSAMLib.prompts import agreed_components
+
+    maps = np.zeros((2, 32, 32), np.int64)
+    maps[0, 2:8, 2:8] = 1        # class 1, seen by the other map at one pixel: kept whole
+    maps[0, 20:30, 20:30] = 1    # class 1, larger, the other map sees class 2 there: dropped
+    maps[0, 2:6, 20:26] = 2      # class 2, the other map sees nothing: dropped
+    maps[1, 10:20, 10:20] = 2    # map 1: seen as class 2 by the other map too: kept
+    others = np.zeros_like(maps)
+    others[0, 7, 7] = 1
+    others[0, 25, 25] = 2
+    others[1, 12:14, 12:30] = 2
+    got = agreed_components(torch.from_numpy(maps), torch.from_numpy(others), 2)
+    assert got.dtype == torch.long
+    want = np.zeros_like(maps)
+    want[0, 2:8, 2:8] = 1
+    want[1, 10:20, 10:20] = 2
+    assert np.array_equal(got.numpy(), want)
+    # the box prompt of class 1 is now the small agreed component's, not the larger false one's
+    box = box_prompts_from_label_maps(got, 2, margin=0.0)
+    assert box.present.tolist() == [[True, False], [False, True]]
+    assert box.center[0, 0].tolist() == [1.0, 1.0, 8.0, 8.0]  # at least one pixel of margin
+    assert np.array_equal(maps[0, 20, 20], 1)  # the input is untouched
+    with pytest.raises(InputError):
+        agreed_components(maps, others[:, :16], 2)
