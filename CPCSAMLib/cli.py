@@ -45,7 +45,7 @@ _STOP = _EarlyStop()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEMO_DEFAULTS, SELF_PROMPT_DEFAULT, add_config_argument, add_train_arguments
+    from .config import DEMO_DEFAULTS, MIRROR_DEFAULT, SELF_PROMPT_DEFAULT, add_config_argument, add_train_arguments
 
     parser = argparse.ArgumentParser(prog="cpcsam", description=(
         "CPC-SAM: semi-supervised fine-tuning of SAM by cross prompting consistency "
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-prompt", action=argparse.BooleanOptionalAction, default=SELF_PROMPT_DEFAULT,
                    help="prompt the decoders with the boxes (or centre points) of the unprompted result's largest "
                         f"components (default: {SELF_PROMPT_DEFAULT})")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=MIRROR_DEFAULT,
+                   help="also predict each slice mirrored left-right and average both orientations (twice the "
+                        f"encoder passes; default: {MIRROR_DEFAULT})")
 
     p = sub.add_parser("evaluate", help="DSC, Jaccard, HD95, ASD of predictions against references", description=(
         "Per case and class metrics in physical units when spacing is known (pixels for PNG). Writes metrics.csv "
@@ -154,7 +157,8 @@ def _cmd_predict(args) -> int:
     for src, dst in zip(args.input, targets):
         if _STOP():
             raise Cancelled(f"stopped by a signal; {dst} and the outputs after it were not written")
-        predictor.predict_file(src, dst, args.axis, overwrite=True, self_prompt=args.self_prompt)
+        predictor.predict_file(src, dst, args.axis, overwrite=True, self_prompt=args.self_prompt,
+                               mirror=args.mirror)
         print(dst)
     return EXIT_OK
 

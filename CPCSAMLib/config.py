@@ -250,6 +250,10 @@ class TrainConfig:
 #: Inference default (predict, the Python API, Slicer's Apply): the unprompted result's boxes prompt
 #: the decoders for the final mask (see benchmarks/results for the measured difference).
 SELF_PROMPT_DEFAULT = True
+#: Inference option (predict, the Python API): also predict each slice mirrored left-right and average
+#: both orientations (twice the encoder passes). Off: measured on BUSI val only, on 6 CPU-trained
+#: models (benchmarks/results/mirror_session14).
+MIRROR_DEFAULT = False
 
 #: ``cpcsam demo``: 7 minutes on CPU (frozen encoder; the labeled views follow the general rule: 16 per
 #: image for its 10 labeled images). The only other defaults.

@@ -6,6 +6,8 @@ Self-prompted (``self_prompt=True``): the unprompted result prompts both decoder
 prompted softmax is the result: the box (with a margin) of each sizeable component of each class,
 a class's map being the union of its components' prompted masks, or for point-trained models the
 centre point of each class's largest component (``DualBranchSAM.predict_probs``).
+Mirrored (``mirror=True``): each slice is also predicted mirrored left-right, and both orientations
+are averaged at each step (``DualBranchSAM.predict_probs``); twice the encoder passes.
 Point-prompted: one slice with user clicks (used by the Segment Editor effect).
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from . import io
 from .checkpoint import check_compatible, load_checkpoint
-from .config import SELF_PROMPT_DEFAULT
+from .config import MIRROR_DEFAULT, SELF_PROMPT_DEFAULT
 from .errors import CheckpointError, InputError
 
 
@@ -126,7 +128,7 @@ class Predictor:
     @torch.no_grad()
     def predict_slices(self, slices: np.ndarray, batch_size: int = 8,
                        progress: Optional[Callable[[int, int], None]] = None,
-                       self_prompt: bool = SELF_PROMPT_DEFAULT) -> np.ndarray:
+                       self_prompt: bool = SELF_PROMPT_DEFAULT, mirror: bool = MIRROR_DEFAULT) -> np.ndarray:
         """``[S, H, W]`` float slices (already normalised to [0, 1]) -> class indices ``[S, H, W]`` uint8."""
         out = np.zeros(slices.shape, np.uint8)
         n = slices.shape[0]
@@ -134,9 +136,11 @@ class Predictor:
             chunk = slices[s:s + batch_size]
             x = np.stack([io.resize(sl, self.input_size, is_label=False) for sl in chunk]).astype(np.float32)
             emb = self._encode_batch(x)
+            mirrored = self._encode_batch(np.ascontiguousarray(x[..., ::-1])) if mirror else None
             with self._autocast():
                 probs = self.model.predict_probs(None, self_prompt=self_prompt, prompt_type=self.prompt_type,
-                                                 box_margin=self.box_margin, embeddings=emb)
+                                                 box_margin=self.box_margin, embeddings=emb,
+                                                 mirrored_embeddings=mirrored)
             probs = probs.float()
             # resize probabilities (not labels) back to the source grid, then argmax
             probs = torch.nn.functional.interpolate(probs, size=chunk.shape[1:], mode="bilinear", align_corners=False)
@@ -147,25 +151,26 @@ class Predictor:
 
     def predict_image(self, image: sitk.Image, axis: Optional[int] = None, batch_size: int = 8,
                       progress: Optional[Callable[[int, int], None]] = None,
-                      self_prompt: bool = SELF_PROMPT_DEFAULT) -> sitk.Image:
+                      self_prompt: bool = SELF_PROMPT_DEFAULT, mirror: bool = MIRROR_DEFAULT) -> sitk.Image:
         """A SimpleITK image (2D or 3D) -> label image with the class values and the source geometry."""
         if axis is None:
             axis = self.card.get("axis")
         slices, used = io.to_slices(image, axis)
         slices = io.normalize(slices, self.percentiles)
-        idx = self.predict_slices(slices, batch_size, progress, self_prompt)
+        idx = self.predict_slices(slices, batch_size, progress, self_prompt, mirror)
         labels = io.index_to_label(idx, self.label_values)
         dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
         return io.from_slices(labels.astype(dtype), image, used)
 
     def predict_file(self, image_path: str | Path, output_path: str | Path, axis: Optional[int] = None,
-                     overwrite: bool = False, self_prompt: bool = SELF_PROMPT_DEFAULT) -> Path:
+                     overwrite: bool = False, self_prompt: bool = SELF_PROMPT_DEFAULT,
+                     mirror: bool = MIRROR_DEFAULT) -> Path:
         """Reads, predicts and writes atomically. Refuses to replace an existing file unless ``overwrite``."""
         output_path = Path(output_path)
         if output_path.exists() and not overwrite:
             raise InputError(f"{output_path} exists; choose another output or pass --overwrite")
         image = io.load_image(image_path)
-        label = self.predict_image(image, axis, self_prompt=self_prompt)
+        label = self.predict_image(image, axis, self_prompt=self_prompt, mirror=mirror)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         io.write_image_atomic(label, output_path)
         return output_path

@@ -213,7 +213,8 @@ class DualBranchSAM(nn.Module):
 
     @torch.no_grad()
     def predict_probs(self, images: Optional[torch.Tensor], self_prompt: bool = False, prompt_type: str = "box",
-                      box_margin: float = 0.1, embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      box_margin: float = 0.1, embeddings: Optional[torch.Tensor] = None,
+                      mirrored_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Inference, ``[B, C + 1, S, S]``: mean softmax of both decoders' unprompted outputs
         (``images`` are encoded unless their ``embeddings`` are given).
 
@@ -221,19 +222,36 @@ class DualBranchSAM(nn.Module):
         result (a class without a prompt keeps its unprompted maps). Box prompts: each component of a
         class (see :func:`~CPCSAMLib.prompts.component_boxes_from_label_maps`) gives its box widened
         by ``box_margin``, and the class's map is the union of the prompted masks; points: the centre
-        point of each class's largest component."""
+        point of each class's largest component.
+
+        ``mirrored_embeddings``: the embeddings of the same images mirrored left-right. Each step then
+        averages both orientations (mirrored outputs flipped back): the unprompted ensemble, whose
+        map gives the prompts, and the prompted outputs (the mirrored images get the mirrored map's
+        prompts)."""
         emb = self.encode(images) if embeddings is None else embeddings
-        u1, u2 = self.decode(1, emb).float(), self.decode(2, emb).float()
-        probs = 0.5 * (u1.softmax(1) + u2.softmax(1))
+        views = [(emb, False)] + ([(mirrored_embeddings, True)] if mirrored_embeddings is not None else [])
+
+        def flip(t: torch.Tensor, mirrored: bool) -> torch.Tensor:
+            return t.flip(-1) if mirrored else t
+
+        unprompted = [(self.decode(1, e).float(), self.decode(2, e).float()) for e, _ in views]
+        probs = sum(flip(0.5 * (u1.softmax(1) + u2.softmax(1)), m)
+                    for (u1, u2), (_, m) in zip(unprompted, views)) / len(views)
         if not self_prompt:
             return probs
-        if prompt_type == "box":
-            boxes = component_boxes_from_label_maps(probs.argmax(1), self.num_classes, box_margin)
-            return 0.5 * (self.decode_component_boxes(1, emb, boxes, u1).softmax(1)
-                          + self.decode_component_boxes(2, emb, boxes, u2).softmax(1))
-        prompts = self.prompts_from_maps(probs.argmax(1), prompt_type, np.random.default_rng(0), box_margin)
-        return 0.5 * (self.decode_prompted(1, emb, prompts, unprompted=u1).float().softmax(1)
-                      + self.decode_prompted(2, emb, prompts, unprompted=u2).float().softmax(1))
+        out = 0
+        for (u1, u2), (e, m) in zip(unprompted, views):
+            maps = flip(probs.argmax(1), m)  # the prompts of this orientation
+            if prompt_type == "box":
+                boxes = component_boxes_from_label_maps(maps, self.num_classes, box_margin)
+                p = 0.5 * (self.decode_component_boxes(1, e, boxes, u1).softmax(1)
+                           + self.decode_component_boxes(2, e, boxes, u2).softmax(1))
+            else:
+                prompts = self.prompts_from_maps(maps, prompt_type, np.random.default_rng(0), box_margin)
+                p = 0.5 * (self.decode_prompted(1, e, prompts, unprompted=u1).float().softmax(1)
+                           + self.decode_prompted(2, e, prompts, unprompted=u2).float().softmax(1))
+            out = out + flip(p, m)
+        return out / len(views)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.predict_probs(images)

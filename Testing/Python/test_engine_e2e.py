@@ -363,3 +363,6 @@ def test_predict_reads_embeddings_from_a_store(trained, busi_dir, tmp_path):
     second = sitk.GetArrayFromImage(p.predict_image(image, self_prompt=False))
     assert p.encoder_calls == 1 and p.embedding_store.hits == 1
     assert np.array_equal(first, expected) and second.shape == expected.shape
+    mirrored = sitk.GetArrayFromImage(p.predict_image(image, mirror=True))
+    assert p.encoder_calls == 2 and p.embedding_store.hits == 2  # only the mirrored slice is new
+    assert mirrored.shape == expected.shape and set(np.unique(mirrored)) <= set(np.unique(expected)) | {0}

