@@ -251,8 +251,8 @@ class TrainConfig:
 #: the decoders for the final mask (see benchmarks/results for the measured difference).
 SELF_PROMPT_DEFAULT = True
 #: Inference option (predict, the Python API): also predict each slice mirrored left-right and average
-#: both orientations (twice the encoder passes). Off: measured on BUSI val only, on 6 CPU-trained
-#: models (benchmarks/results/mirror_session14).
+#: both orientations (twice the encoder passes). Off: +1.8 DSC on BUSI val, but 1.6-5 points lost on
+#: Hippocampus, whose classes (anterior / posterior) a mirror swaps (benchmarks/results/mirror_session14).
 MIRROR_DEFAULT = False
 
 #: ``cpcsam demo``: 7 minutes on CPU (frozen encoder; the labeled views follow the general rule: 16 per
