@@ -224,10 +224,17 @@ class TrainConfig:
     # ---- derived values --------------------------------------------------------------------------
     def labeled_views(self, num_labeled: int) -> int:
         """Cached views per labeled slice: ``cache_views``, or enough for about ``LABELED_VIEWS_TARGET``
-        labeled embeddings (10 labeled slices: 16 views; 160 or more: 1)."""
+        labeled embeddings (10 labeled slices: 16 views; 160 or more: 1). Without ``augment``: 1
+        (further views would be copies of the original)."""
+        if not self.augment:
+            return 1
         if self.cache_views is not None:
             return self.cache_views
         return int(min(16, max(1, math.ceil(LABELED_VIEWS_TARGET / max(1, num_labeled)))))
+
+    def unlabeled_views(self) -> int:
+        """Cached views per unlabeled slice: ``cache_views_unlabeled``, or 1 without ``augment``."""
+        return self.cache_views_unlabeled if self.augment else 1
 
     def resolved_prompt_type(self) -> str:
         """``auto``: box prompts for LiteMedSAM (trained with boxes), points for SAM ViT."""

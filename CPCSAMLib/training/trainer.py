@@ -185,7 +185,7 @@ def _embedding_caches(cfg, model, data: Data, bu: int, rng, device, amp_dtype, s
     store = EmbeddingStore(cfg.embedding_store, model, amp_dtype) if cfg.embedding_store and main else None
     views_l = cfg.labeled_views(len(data.labeled))
     with_unlabeled = bool(bu and data.unlabeled is not None and len(data.unlabeled))
-    total = views_l * len(data.labeled) + (cfg.cache_views_unlabeled * len(data.unlabeled) if with_unlabeled else 0)
+    total = views_l * len(data.labeled) + (cfg.unlabeled_views() * len(data.unlabeled) if with_unlabeled else 0)
     offset, last = [0], [0.0]
 
     def check(done: int, _of: int) -> None:
@@ -199,10 +199,10 @@ def _embedding_caches(cfg, model, data: Data, bu: int, rng, device, amp_dtype, s
     offset[0] = views_l * len(data.labeled)
     unl = None
     if with_unlabeled:
-        unl = EmbeddingCache(model, data.unlabeled, cfg.cache_views_unlabeled, rng, device, amp_dtype,
+        unl = EmbeddingCache(model, data.unlabeled, cfg.unlabeled_views(), rng, device, amp_dtype,
                              cfg.val_batch_size, check, store)
     emit("cached", slices=len(data.labeled) + (0 if unl is None else len(data.unlabeled)), views=views_l,
-         views_unlabeled=cfg.cache_views_unlabeled if unl is not None else None, seconds=round(time.time() - t0, 1),
+         views_unlabeled=cfg.unlabeled_views() if unl is not None else None, seconds=round(time.time() - t0, 1),
          store_hits=store.hits if store else None, store_misses=store.misses if store else None)
     return lab, unl
 

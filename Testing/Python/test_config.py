@@ -287,3 +287,13 @@ def test_cli_train_with_a_bad_job_file_is_refused_before_anything_is_loaded(tmp_
         "with --freeze-encoder; use --update combined"]
     assert json.loads(events.read_text().splitlines()[-1])["event"] == "error"
     assert not (tmp_path / "out").exists()
+
+
+def test_without_augmentation_frozen_mode_caches_one_view():
+    """--no-augment with --freeze-encoder: the cached views beyond the first were augmented copies;
+    without augmentation they are one view (before, the option was silently ignored there)."""
+    cfg = TrainConfig(cache_views=4, cache_views_unlabeled=3)
+    assert cfg.labeled_views(10) == 4 and cfg.unlabeled_views() == 3
+    off = TrainConfig(cache_views=4, cache_views_unlabeled=3, augment=False)
+    assert off.labeled_views(10) == 1 and off.unlabeled_views() == 1
+    assert TrainConfig(augment=False).labeled_views(10) == 1
