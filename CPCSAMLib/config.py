@@ -105,6 +105,11 @@ class TrainConfig:
                                "the box size", kind=float, check=_at_least(0.0), group="model")
     freeze_encoder: bool = option(False, "--freeze-encoder", "fast CPU mode: no LoRA; the encoder runs once per "
                                   "image (embeddings cached)", kind=bool, group="model")
+    tune_neck: bool = option(False, "--tune-neck", "also train the image encoder's neck (its last two "
+                             "convolutions); with --freeze-encoder the cache keeps the features before the neck",
+                             kind=bool, group="model")
+    neck_lr_scale: float = option(0.1, "--neck-lr-scale", "--tune-neck: the neck's learning rate as a fraction of "
+                                  "--lr", kind=float, check=_positive, group="model")
     cache_views: Optional[int] = option(None, "--cache-views", "frozen-encoder mode: cached views per labeled "
                                         "image (the original + augmented copies); unset: enough for about "
                                         f"{LABELED_VIEWS_TARGET} labeled embeddings, 1 to 16 per image", kind=int,

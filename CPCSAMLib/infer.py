@@ -59,13 +59,14 @@ class Predictor:
         if todo:
             batch = torch.from_numpy(np.ascontiguousarray(x[todo])[:, None].astype(np.float32)).to(self.device)
             with self._autocast():
-                new = self.model.encode(batch)
+                new = self.model.encode_for_cache(batch)
             self.encoder_calls += len(todo)
             for j, k in enumerate(todo):
                 embs[k] = new[j]
                 if store is not None:
                     store.put(x[k], new[j])
-        return torch.stack([e.to(self.device) for e in embs])
+        with self._autocast():  # a trained neck runs after the store, like in training
+            return self.model.from_cache(torch.stack([e.to(self.device) for e in embs]))
 
     def _slice_embedding(self, x_in: np.ndarray) -> torch.Tensor:
         """Encoder output for one prepared slice; the last few are kept, so that more clicks on the

@@ -87,7 +87,7 @@ class CPCObjective(nn.Module):
         use_unlabeled = xu is not None and xu.shape[0] > 0 and not supervised_only and self.method != "supervised"
         bl = xl.shape[0]
         x = torch.cat([xl, xu]) if use_unlabeled else xl
-        emb = x.float() if self.frozen_encoder else m.encode(x)  # the only encoder pass of the step
+        emb = m.from_cache(x.float()) if self.frozen_encoder else m.encode(x)  # the only encoder pass of the step
         if use_unlabeled and not self.frozen_encoder and not self.unlabeled_trains_encoder:
             emb = torch.cat([emb[:bl], emb[bl:].detach()])  # unlabeled losses stop at the embeddings
         p1 = m.decode(1, emb)

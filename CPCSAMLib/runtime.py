@@ -105,4 +105,6 @@ def build_model(card_or_config: Union[Dict[str, Any], Any], device: torch.device
     model.set_channels_last(device.type == "cpu")
     if card.get("freeze_encoder"):
         model.freeze_encoder()
+    if card.get("tune_neck"):
+        model.tune_neck()
     return model

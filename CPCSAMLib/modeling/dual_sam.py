@@ -55,6 +55,7 @@ class DualBranchSAM(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(1, 3, 1, 1), persistent=False)
         self.image_encoder.eval()
         self.channels_last = False
+        self.neck_trainable = False
 
     def set_channels_last(self, on: bool = True) -> "DualBranchSAM":
         """Runs the image encoder in channels-last memory format (faster on CPU, see the benchmark's
@@ -69,9 +70,16 @@ class DualBranchSAM(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict:
-        """State of the parts that training may change: LoRA, prompt encoder, decoders."""
-        return {k: v for k, v in self.state_dict().items()
-                if ".lora_" in k or k.startswith(("prompt_encoder.", "decoder1.", "decoder2."))}
+        """State of the parts that training may change: LoRA, prompt encoder, decoders (and the
+        encoder's neck after :meth:`tune_neck`)."""
+        parts = ("prompt_encoder.", "decoder1.", "decoder2.") + (("image_encoder.neck.",) if self.neck_trainable else ())
+        return {k: v for k, v in self.state_dict().items() if ".lora_" in k or k.startswith(parts)}
+
+    def tune_neck(self) -> None:
+        """Makes the encoder's neck (the convolutions after its last block) trainable."""
+        for p in self.image_encoder.neck.parameters():
+            p.requires_grad_(True)
+        self.neck_trainable = True
 
     def freeze_encoder(self) -> None:
         """Frozen-encoder mode: LoRA stays at its initial (identity) state and is not trained."""
@@ -92,6 +100,24 @@ class DualBranchSAM(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.image_encoder(x)
+
+    def encode_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's features before its neck ``[B, C_enc, h, w]``: what frozen-encoder mode
+        caches when the neck is trained."""
+        neck = self.image_encoder.neck
+        self.image_encoder.neck = nn.Identity()
+        try:
+            return self.encode(images)
+        finally:
+            self.image_encoder.neck = neck
+
+    def encode_for_cache(self, images: torch.Tensor) -> torch.Tensor:
+        """What frozen-encoder mode caches: the embeddings, or the features before a trained neck."""
+        return self.encode_features(images) if self.neck_trainable else self.encode(images)
+
+    def from_cache(self, cached: torch.Tensor) -> torch.Tensor:
+        """Embeddings from :meth:`encode_for_cache`'s output (the trained neck applied, if any)."""
+        return self.image_encoder.neck(cached) if self.neck_trainable else cached
 
     def decode(self, branch: int, embeddings: torch.Tensor, coords: Optional[torch.Tensor] = None,
                labels: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -30,6 +30,7 @@ def model_card(cfg: TrainConfig, classes: List[ds.ClassInfo], input_size: int, i
         "box_pass": cfg.box_pass,
         "default_prompt": cfg.resolved_default_prompt(),
         "freeze_encoder": cfg.freeze_encoder,
+        "tune_neck": cfg.tune_neck,
         "axis": cfg.axis,
         "percentiles": cfg.percentiles,
         "iteration": iteration,

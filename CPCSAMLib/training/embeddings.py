@@ -31,12 +31,13 @@ class EmbeddingStore:
         # LoRA at its initial state (B = 0) leaves the encoder's output unchanged: its random A must not
         # change the key; trained LoRA weights do
         identity = all(torch.count_nonzero(t) == 0 for k, t in state.items() if ".lora_b" in k)
+        features = model.neck_trainable  # the features before the neck are stored: its weights do not count
         for name, t in sorted(state.items()):
-            if identity and ".lora_" in name:
+            if (identity and ".lora_" in name) or (features and name.startswith("neck.")):
                 continue
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        h.update(f"{model.input_size}|{amp_dtype}".encode())
+        h.update(f"{model.input_size}|{amp_dtype}{'|before-neck' if features else ''}".encode())
         self.folder = Path(folder) / h.hexdigest()[:16]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ class EmbeddingCache:
         if todo:
             x = torch.from_numpy(np.stack([imgs[k] for k in todo])[:, None].astype(np.float32)).to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                new = self.model.encode(x).to(self.dtype)
+                new = self.model.encode_for_cache(x).to(self.dtype)
             for j, k in enumerate(todo):
                 embs[k] = new[j]
                 if self.store:

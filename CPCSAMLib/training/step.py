@@ -105,7 +105,7 @@ class TrainStep:
     def __call__(self, xl, yl, xu, rng: np.random.Generator, lr: float, supervised_only: bool,
                  iteration: int) -> Dict[str, float]:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         if self.sequential and not supervised_only and xu is not None:
             parts = sequential_update(self.objective, self.optimizer, xl, yl, xu, rng, self.device,
                                       self.amp_dtype, self.scaler)

@@ -289,8 +289,10 @@ class _Run:
                                  frozen_encoder=cfg.freeze_encoder,
                                  unlabeled_trains_encoder=cfg.unlabeled_trains_encoder,
                                  negative_boxes=cfg.negative_boxes, agreed_prompts=cfg.agreed_prompts)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        neck = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("image_encoder.neck.")]
+        rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in neck)]
+        groups = [{"params": rest}] + ([{"params": neck, "lr_scale": cfg.neck_lr_scale}] if neck else [])
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         step_module = objective
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP

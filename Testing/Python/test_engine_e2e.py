@@ -280,6 +280,50 @@ def test_embedding_store_lets_a_second_run_skip_the_encoder(small_manifest, tmp_
     assert loss[0] == pytest.approx(loss[1], rel=1e-5)  # the stored embeddings are the computed ones
 
 
+def test_tune_neck_trains_the_neck_and_predicts_with_it(small_manifest, tmp_path, busi_dir):
+    """--freeze-encoder --tune-neck: the store keeps the features before the neck (their own key),
+    the trained neck is saved and loaded, and a store-backed prediction equals a plain one."""
+    from CPCSAMLib.infer import Predictor
+    from CPCSAMLib.modeling.backbones import build_backbone
+    from CPCSAMLib.training.embeddings import EmbeddingStore
+
+    store = tmp_path / "store"
+    out = tmp_path / "out"
+    r = _cli("train", "--manifest", small_manifest, "--output", out, "--iterations", 3, "--batch-size", 2,
+             "--val-every", 100, "--no-progress", "--freeze-encoder", "--cache-views", 1, "--tune-neck",
+             "--embedding-store", store, "--lr", 1e-2)
+    assert r.returncode == 0, r.stderr
+    stored = list(store.rglob("*.pt"))
+    assert len(stored) == 4 and all(torch.load(f, weights_only=True).shape == (320, 64, 64) for f in stored)
+    payload = torch.load(out / "model_best.pt", weights_only=True)
+    assert json.loads(payload["model_card"])["tune_neck"] is True
+    original = build_backbone("litemedsam").image_encoder.neck.state_dict()
+    trained_neck = {k[len("image_encoder.neck."):]: v for k, v in payload["state_dict"].items()
+                    if k.startswith("image_encoder.neck.")}
+    assert set(trained_neck) == set(original)
+    assert all(not torch.equal(trained_neck[k].float(), original[k].float()) for k in original)
+    # --neck-lr-scale scales the neck's steps only
+    r = _cli("train", "--manifest", small_manifest, "--output", tmp_path / "slow", "--iterations", 3, "--batch-size",
+             2, "--val-every", 100, "--no-progress", "--freeze-encoder", "--cache-views", 1, "--tune-neck",
+             "--embedding-store", store, "--lr", 1e-2, "--neck-lr-scale", 1e-6)
+    assert r.returncode == 0, r.stderr
+    slow = torch.load(tmp_path / "slow" / "model_best.pt", weights_only=True)["state_dict"]
+    step = {k: (trained_neck[k].float() - original[k].float()).abs().max() for k in original}
+    slow_step = {k: (slow["image_encoder.neck." + k].float() - original[k].float()).abs().max() for k in original}
+    assert all(slow_step[k] < 1e-3 * step[k] for k in original)
+    p = Predictor.from_checkpoint(out / "model_best.pt", "cpu")
+    assert torch.equal(p.model.image_encoder.neck[0].weight.float(), trained_neck["0.weight"].float())
+    name = (busi_dir / "val.txt").read_text().split()[0]
+    image = sitk.ReadImage(str(busi_dir / "images" / name))
+    expected = sitk.GetArrayFromImage(p.predict_image(image, self_prompt=False))
+    p.embedding_store = EmbeddingStore(tmp_path / "pred_store", p.model, p.amp_dtype)
+    for _ in range(2):  # computed, then read back: the trained neck runs after the store both times
+        assert np.array_equal(sitk.GetArrayFromImage(p.predict_image(image, self_prompt=False)), expected)
+    assert p.embedding_store.hits == 1 and p.embedding_store.misses == 1
+    # the predictor stores what training stores: the features before the neck (its key says so)
+    assert [torch.load(f, weights_only=True).shape for f in p.embedding_store.folder.glob("*.pt")] == [(320, 64, 64)]
+
+
 def test_embedding_store_recomputes_a_damaged_file(tmp_path):
     from CPCSAMLib.training.embeddings import EmbeddingStore
 

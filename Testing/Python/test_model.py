@@ -79,6 +79,29 @@ def test_lora_keeps_encoder_output_at_init_and_trains_only_lora(lite):
     assert torch.allclose(probs.sum(1), torch.ones(1, 256, 256), atol=1e-5)
 
 
+def test_tune_neck_trains_the_neck_on_cached_features(lite):
+    """--tune-neck: the neck joins the trained state; the cache holds the features before it, and
+    the neck applied to them gives the encoder's output."""
+    model = DualBranchSAM(lite, num_classes=1)
+    model.freeze_encoder()
+    x = torch.rand(2, 1, 256, 256)
+    with torch.no_grad():
+        emb = model.encode(x)
+        assert torch.equal(model.encode_for_cache(x), emb) and model.from_cache(emb) is emb  # neck not tuned
+        assert not any(k.startswith("image_encoder.neck.") for k in model.trainable_state_dict())
+        model.tune_neck()
+        features = model.encode_for_cache(x)
+        assert features.shape == (2, 320, 64, 64)  # TinyViT's last stage, before the neck
+        assert torch.allclose(model.from_cache(features), emb, atol=1e-5)
+    assert isinstance(model.image_encoder.neck, torch.nn.Sequential)  # put back after encode_features
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("image_encoder.")]
+    assert trainable and all(n.startswith("image_encoder.neck.") for n in trainable)
+    assert {n for n in model.trainable_state_dict() if n.startswith("image_encoder.neck.")} == set(trainable)
+    out = model.decode(1, model.from_cache(features))
+    out.float().mean().backward()
+    assert model.image_encoder.neck[0].weight.grad.abs().sum() > 0
+
+
 def test_prompt_encoder_padding_and_class_embeddings(lite):
     model = DualBranchSAM(lite, num_classes=3)
     pe = model.prompt_encoder
