@@ -270,7 +270,7 @@ MIRROR_DEFAULT = False
 #: ``cpcsam demo``: 7 minutes on CPU (frozen encoder; the labeled views follow the general rule: 16 per
 #: image for its 10 labeled images). The only other defaults.
 DEMO_DEFAULTS: Dict[str, Any] = {
-    "batch_size": 4, "freeze_encoder": True, "supervised_warmup": 0.5, "lr": 2e-3,
+    "batch_size": 4, "freeze_encoder": True, "tune_neck": True, "supervised_warmup": 0.5, "lr": 2e-3,
     "val_every": 10, "save_every": 50, "max_minutes": 7.0, "overwrite": True,
 }
 
