@@ -31,7 +31,7 @@ class EmbeddingStore:
         # LoRA at its initial state (B = 0) leaves the encoder's output unchanged: its random A must not
         # change the key; trained LoRA weights do
         identity = all(torch.count_nonzero(t) == 0 for k, t in state.items() if ".lora_b" in k)
-        features = model.neck_trainable  # the features before the neck are stored: its weights do not count
+        features = getattr(model, "neck_trainable", False)  # features before the neck: its weights do not count
         for name, t in sorted(state.items()):
             if (identity and ".lora_" in name) or (features and name.startswith("neck.")):
                 continue
