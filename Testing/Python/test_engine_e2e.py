@@ -89,6 +89,10 @@ def test_resume_continues_from_last_checkpoint(trained, small_manifest, tmp_path
     started = [e for e in events if e["event"] == "started"][-1]
     assert started["start_iteration"] == 2
     assert [e["iteration"] for e in events if e["event"] == "iteration"][-1:] == [3]
+    # resuming with another --tune-neck setting is refused, saying which
+    r = _cli("train", "--manifest", small_manifest, "--output", copy, "--iterations", 4, "--batch-size", 2,
+             "--val-every", 100, "--no-progress", "--resume", "--tune-neck")
+    assert r.returncode == 2 and "trained without --tune-neck" in r.stderr, r.stderr
 
 
 def test_predict_and_evaluate_cli(trained, busi_dir, tmp_path):
