@@ -44,8 +44,14 @@ class _EarlyStop:
 _STOP = _EarlyStop()
 
 
+def _mirror_argument(parser: argparse.ArgumentParser, default: bool) -> None:
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=default,
+                        help="also predict each slice mirrored left-right and average both orientations (twice "
+                             f"the encoder passes; default: {'on' if default else 'off'})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEMO_DEFAULTS, MIRROR_DEFAULT, SELF_PROMPT_DEFAULT, add_config_argument, add_train_arguments
+    from .config import DEMO_DEFAULTS, DEMO_MIRROR, MIRROR_DEFAULT, SELF_PROMPT_DEFAULT, add_config_argument, add_train_arguments
 
     parser = argparse.ArgumentParser(prog="cpcsam", description=(
         "CPC-SAM: semi-supervised fine-tuning of SAM by cross prompting consistency "
@@ -77,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-prompt", action=argparse.BooleanOptionalAction, default=SELF_PROMPT_DEFAULT,
                    help="prompt the decoders with the boxes (or centre points) of the unprompted result's largest "
                         f"components (default: {SELF_PROMPT_DEFAULT})")
-    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=MIRROR_DEFAULT,
-                   help="also predict each slice mirrored left-right and average both orientations (twice the "
-                        f"encoder passes; default: {MIRROR_DEFAULT})")
+    _mirror_argument(p, MIRROR_DEFAULT)
 
     p = sub.add_parser("evaluate", help="DSC, Jaccard, HD95, ASD of predictions against references", description=(
         "Per case and class metrics in physical units when spacing is known (pixels for PNG). Writes metrics.csv "
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Trains on the BUSI subset shipped with the package (10 labeled, 30 unlabeled), predicts 43 held-apart "
         "images, prints their Dice and writes overlays and a training curve."))
     p.add_argument("--output", default="demo_output", help="output folder (default ./demo_output)")
+    _mirror_argument(p, DEMO_MIRROR)
     add_train_arguments(p, **DEMO_DEFAULTS)
     return parser
 
@@ -191,7 +196,7 @@ def _cmd_demo(args) -> int:
     cfg = config_from_args(args)
     from .demo import run_demo
 
-    run_demo(args.output, cfg)
+    run_demo(args.output, cfg, mirror=args.mirror)
     return EXIT_OK
 
 

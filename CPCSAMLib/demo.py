@@ -14,7 +14,7 @@ import numpy as np
 
 from . import dataset as ds
 from . import io
-from .config import DEMO_DEFAULTS, TrainConfig
+from .config import DEMO_DEFAULTS, DEMO_MIRROR, TrainConfig
 from .training import plot_curves, run_training
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data" / "busi"
@@ -39,8 +39,10 @@ def _overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, path: Path, ti
     plt.close(fig)
 
 
-def run_demo(output: str | Path = "demo_output", config: Optional[TrainConfig] = None) -> dict:
-    """Trains, predicts the held-apart images, prints Dice, writes overlays and the curve."""
+def run_demo(output: str | Path = "demo_output", config: Optional[TrainConfig] = None,
+             mirror: bool = DEMO_MIRROR) -> dict:
+    """Trains, predicts the held-apart images (``mirror``: also mirrored, see
+    :meth:`Predictor.predict_slices`), prints Dice, writes overlays and the curve."""
     from .infer import Predictor
     from .metrics import dice
 
@@ -58,7 +60,7 @@ def run_demo(output: str | Path = "demo_output", config: Optional[TrainConfig] =
     scores = []
     for image_path, label_path in held_apart:
         image = io.load_image(image_path)
-        pred = io.to_slices(predictor.predict_image(image))[0][0] > 0
+        pred = io.to_slices(predictor.predict_image(image, mirror=mirror))[0][0] > 0
         gt = io.to_slices(io.load_label(label_path, image, manifest.label_values))[0][0] > 0
         d = dice(pred, gt)
         scores.append(d)
@@ -66,7 +68,7 @@ def run_demo(output: str | Path = "demo_output", config: Optional[TrainConfig] =
         _overlay(io.to_slices(image)[0][0], pred, gt, output / "overlays" / f"{name}.png",
                  f"{name}  Dice {d:.3f}  (green: reference, red: CPC-SAM)")
         print(f"  {name:16s} Dice {d:.3f}")
-    summary = {"iterations": result.iteration, "status": result.status, "mean_dice": float(np.mean(scores)),
+    summary = {"mirror": mirror, "iterations": result.iteration, "status": result.status, "mean_dice": float(np.mean(scores)),
                "per_image_dice": {Path(p).stem: float(s) for (p, _), s in zip(held_apart, scores)},
                "seconds": round(result.seconds, 1), "model": result.model}
     plot_curves(result.history, output / "training_curve.png")

@@ -297,3 +297,13 @@ def test_without_augmentation_frozen_mode_caches_one_view():
     off = TrainConfig(cache_views=4, cache_views_unlabeled=3, augment=False)
     assert off.labeled_views(10) == 1 and off.unlabeled_views() == 1
     assert TrainConfig(augment=False).labeled_views(10) == 1
+
+
+def test_the_demo_predicts_mirrored_by_default_and_predict_does_not():
+    from CPCSAMLib.config import DEMO_MIRROR, MIRROR_DEFAULT
+
+    assert _subparser("demo").parse_args([]).mirror is DEMO_MIRROR is True
+    assert _subparser("demo").parse_args(["--no-mirror"]).mirror is False
+    args = _subparser("predict").parse_args(["--model", "m", "--input", "i", "--output", "o"])
+    assert args.mirror is MIRROR_DEFAULT is False
+    assert "(twice the encoder passes; default: on)" in " ".join(_subparser("demo").format_help().split())

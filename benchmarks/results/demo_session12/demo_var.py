@@ -1,6 +1,7 @@
 """Demo training with variations; scores the last model on the demo's 43 held-apart images and the other 43 val.
 usage: demo_var.py OUT unl=demo|all key=value ...
-env: DEMO_DATA, BUSI, AUG_ORDER, AUG_MODE=strong, PRED_DEVICE (scoring device, default cpu), UNPROMPTED=1 (also score unprompted)"""
+env: DEMO_DATA, BUSI, AUG_ORDER, AUG_MODE=strong, PRED_DEVICE (scoring device, default cpu), UNPROMPTED=1 (also score unprompted),
+     MIRROR=1 (also score self-prompted with mirror=True, session 16)"""
 import dataclasses, json, sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -77,11 +78,11 @@ res = run_training(tm, out / "model", cfg, progress=False)
 ttrain = time.time() - t
 torch.set_num_threads(cfg.num_threads or 2)
 pred = Predictor.from_checkpoint(res.model, os.environ.get("PRED_DEVICE", "cpu"))
-def score(pairs, self_prompt=True):
+def score(pairs, self_prompt=True, mirror=False):
     s = []
     for ip, lp in pairs:
         img = io.load_image(ip)
-        p = io.to_slices(pred.predict_image(img, self_prompt=self_prompt))[0][0] > 0
+        p = io.to_slices(pred.predict_image(img, self_prompt=self_prompt, mirror=mirror))[0][0] > 0
         g = io.to_slices(io.load_label(lp, img, man.label_values))[0][0] > 0
         s.append(dice(p, g))
     return s
@@ -93,8 +94,13 @@ unprompted = {}
 if os.environ.get("UNPROMPTED"):  # also score the unprompted ensemble
     u1, u2 = score(held, False), score(other, False)
     unprompted = {"demo43_u": round(float(np.mean(u1)), 4), "other43_u": round(float(np.mean(u2)), 4)}
-r = {**unprompted, "over": over, "unl": unl, "n_unl": len(unlabeled), "its": res.iteration, "train_s": round(ttrain),
+mirrored = {}
+if os.environ.get("MIRROR"):  # also score self-prompted with the mirrored pass
+    m1, m2 = score(held, True, True), score(other, True, True)
+    mirrored = {"demo43_m": round(float(np.mean(m1)), 4), "other43_m": round(float(np.mean(m2)), 4)}
+r = {**unprompted, **mirrored, "over": over, "unl": unl, "n_unl": len(unlabeled), "its": res.iteration, "train_s": round(ttrain),
      "demo43": round(float(np.mean(s1)), 4), "other43": round(float(np.mean(s2)), 4)}
 (out / "result.json").write_text(json.dumps({**r, "demo_scores": s1, "other_scores": s2,
-                                                    **({"demo_scores_u": u1, "other_scores_u": u2} if unprompted else {})}))
+                                                    **({"demo_scores_u": u1, "other_scores_u": u2} if unprompted else {}),
+                                                    **({"demo_scores_m": m1, "other_scores_m": m2} if mirrored else {})}))
 print("RESULT", json.dumps(r), flush=True)
