@@ -51,7 +51,8 @@ def _mirror_argument(parser: argparse.ArgumentParser, default: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEMO_DEFAULTS, DEMO_MIRROR, MIRROR_DEFAULT, SELF_PROMPT_DEFAULT, add_config_argument, add_train_arguments
+    from .config import (DEMO_DEFAULTS, DEMO_MIRROR, MIRROR_DEFAULT, SELF_PROMPT_DEFAULT, add_config_argument,
+                         add_train_arguments)
 
     parser = argparse.ArgumentParser(prog="cpcsam", description=(
         "CPC-SAM: semi-supervised fine-tuning of SAM by cross prompting consistency "
