@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: tight.sh WAITPID TAU SEED
+# usage: tight.sh WAITPID TAU SEED   (session 16 paths under /work/scratch; the embedding store of session 13)
 cd /work/main
 while kill -0 $1 2>/dev/null; do sleep 5; done
 O=/work/scratch/s16/tight${2}_cpcsam_s$3
