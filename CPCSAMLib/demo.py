@@ -68,7 +68,8 @@ def run_demo(output: str | Path = "demo_output", config: Optional[TrainConfig] =
         _overlay(io.to_slices(image)[0][0], pred, gt, output / "overlays" / f"{name}.png",
                  f"{name}  Dice {d:.3f}  (green: reference, red: CPC-SAM)")
         print(f"  {name:16s} Dice {d:.3f}")
-    summary = {"mirror": mirror, "iterations": result.iteration, "status": result.status, "mean_dice": float(np.mean(scores)),
+    summary = {"mirror": mirror, "iterations": result.iteration, "status": result.status,
+               "mean_dice": float(np.mean(scores)),
                "per_image_dice": {Path(p).stem: float(s) for (p, _), s in zip(held_apart, scores)},
                "seconds": round(result.seconds, 1), "model": result.model}
     plot_curves(result.history, output / "training_curve.png")

@@ -177,9 +177,10 @@ def _resume_state(last_path: Path, cfg: TrainConfig, class_names) -> dict:
         raise CheckpointError(f"--resume: {last_path} does not exist; start without --resume")
     payload = load_checkpoint(last_path)
     check_compatible(payload["model_card"], last_path, backbone=cfg.backbone, class_names=class_names)
-    if bool(payload["model_card"].get("tune_neck")) != cfg.tune_neck:
-        was = "with" if payload["model_card"].get("tune_neck") else "without"
-        raise CheckpointError(f"--resume: {last_path} was trained {was} --tune-neck; resume with the same setting")
+    trained_neck = bool(payload["model_card"].get("tune_neck"))
+    if trained_neck != cfg.tune_neck:
+        raise CheckpointError(f"--resume: {last_path} was trained {'with' if trained_neck else 'without'} "
+                              "--tune-neck; resume with the same setting")
     return payload
 
 
