@@ -46,6 +46,10 @@ def _fraction(v: float) -> Optional[str]:
     return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
 
 
+def _open_fraction(v: float) -> Optional[str]:
+    return None if 0.0 < v < 1.0 else "must be between 0 and 1 (exclusive)"
+
+
 def _ratio(v: float) -> Optional[str]:
     return None if 0.0 < v <= 1.0 else "must be in (0, 1]"
 
@@ -161,6 +165,11 @@ class TrainConfig:
                                   "a decoder's unprompted prediction that the other decoder's prediction "
                                   "overlaps (same class); a class without one is absent, so the other "
                                   "decoder's unprompted map is its target", kind=bool)
+    pseudo_label_threshold: Optional[float] = option(None, "--pseudo-label-threshold", "cross and consistency "
+                                                     "targets: a pixel whose ensemble probability of its most "
+                                                     "likely class is below this becomes background (tighter "
+                                                     "targets); unset: the plain argmax (the paper)", kind=float,
+                                                     optional=True, check=_open_fraction, metavar="P")
     augment: bool = option(True, "--augment", "rotation/flip augmentation", kind=bool)
     seed: int = option(0, "--seed", "random seed", kind=int)
     # ---- data ----------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ Shapes: logits ``[B, K, H, W]``, targets ``[B, H, W]`` of class indices ``0..K-1
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -98,14 +100,19 @@ def probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def pseudo_label(*prob_tensors: torch.Tensor) -> torch.Tensor:
+def pseudo_label(*prob_tensors: torch.Tensor, threshold: Optional[float] = None) -> torch.Tensor:
     """Hard pseudo-label ``[B, H, W]`` (long): argmax over classes of the mean of the given
-    ``[B, K, H, W]`` probability maps. Computed under ``no_grad``: the result carries no graph."""
+    ``[B, K, H, W]`` probability maps. With ``threshold``, a pixel whose mean probability of its
+    argmax class is below it becomes background (class 0): a tighter target. Computed under
+    ``no_grad``: the result carries no graph."""
     if not prob_tensors:
         raise ValueError("pseudo_label needs at least one probability map")
     with torch.no_grad():
         mean = torch.stack([p.detach().float() for p in prob_tensors], dim=0).mean(dim=0)
-        return mean.argmax(dim=1)
+        label = mean.argmax(dim=1)
+        if threshold is None:
+            return label
+        return torch.where(mean.amax(dim=1) >= threshold, label, torch.zeros_like(label))
 
 
 def _symmetric(a_logits: torch.Tensor, b_logits: torch.Tensor, target_a: torch.Tensor,

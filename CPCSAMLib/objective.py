@@ -36,7 +36,8 @@ class CPCObjective(nn.Module):
     def __init__(self, model: DualBranchSAM, method: str = "cpcsam", lambda_cross: float = 0.4,
                  lambda_consistency: float = 0.05, prompt_type: str = "box", box_margin: float = 0.1,
                  frozen_encoder: bool = False, unlabeled_trains_encoder: bool = True,
-                 negative_boxes: bool = False, agreed_prompts: bool = False) -> None:
+                 negative_boxes: bool = False, agreed_prompts: bool = False,
+                 pseudo_label_threshold: Optional[float] = None) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -52,6 +53,11 @@ class CPCObjective(nn.Module):
         self.unlabeled_trains_encoder = unlabeled_trains_encoder
         self.negative_boxes = negative_boxes and prompt_type == "box"
         self.agreed_prompts = agreed_prompts
+        self.pseudo_label_threshold = pseudo_label_threshold
+
+    def target(self, *prob_tensors: torch.Tensor) -> torch.Tensor:
+        """A detached pseudo-label from probability maps (tightened by ``pseudo_label_threshold``)."""
+        return losses.pseudo_label(*prob_tensors, threshold=self.pseudo_label_threshold)
 
     def prompts(self, maps: torch.Tensor, rng: np.random.Generator):
         """Centre and random prompts of every class from label maps ``[B, H, W]``."""
@@ -98,8 +104,8 @@ class CPCObjective(nn.Module):
         if use_unlabeled:
             emb_u, p1_u, p2_u = emb[bl:], p1[bl:], p2[bl:]
             if self.method == "cps":
-                t1 = losses.pseudo_label(losses.probs(p2_u))  # D2's output supervises D1
-                t2 = losses.pseudo_label(losses.probs(p1_u))
+                t1 = self.target(losses.probs(p2_u))  # D2's output supervises D1
+                t2 = self.target(losses.probs(p1_u))
                 loss_cross = losses.cross_prompting_loss(p1_u, p2_u, t1, t2)
             else:
                 with torch.no_grad():
@@ -113,13 +119,13 @@ class CPCObjective(nn.Module):
                     c1 = m.decode_prompted(1, emb_u, from2, "center", unprompted=p1_u)
                     c2 = m.decode_prompted(2, emb_u, from1, "center", unprompted=p2_u)
                 if self.method == "cross_prompting":
-                    ens1 = losses.pseudo_label(losses.probs(c1))
-                    ens2 = losses.pseudo_label(losses.probs(c2))
+                    ens1 = self.target(losses.probs(c1))
+                    ens2 = self.target(losses.probs(c2))
                 else:
                     r1 = m.decode_prompted(1, emb_u, from2, "random", unprompted=p1_u)
                     r2 = m.decode_prompted(2, emb_u, from1, "random", unprompted=p2_u)
-                    ens1 = losses.pseudo_label(losses.probs(c1), losses.probs(r1.detach()))
-                    ens2 = losses.pseudo_label(losses.probs(c2), losses.probs(r2.detach()))
+                    ens1 = self.target(losses.probs(c1), losses.probs(r1.detach()))
+                    ens2 = self.target(losses.probs(c2), losses.probs(r2.detach()))
                     loss_c = losses.prompt_consistency_loss(r1, r2, ens1, ens2)
                 # eq. 1: D2's prompted ensemble supervises D1's unprompted output, and vice versa
                 loss_cross = losses.cross_prompting_loss(p1_u, p2_u, ens2, ens1)
@@ -149,7 +155,7 @@ class CPCObjective(nn.Module):
             prompts = self.prompts(p_src.detach().argmax(1), rng)
             c = m.decode_prompted(dst, emb, prompts, "center")
             r = m.decode_prompted(dst, emb, prompts, "random")
-            ens = losses.pseudo_label(losses.probs(c[bl:]), losses.probs(r[bl:]))
+            ens = self.target(losses.probs(c[bl:]), losses.probs(r[bl:]))
             yield (losses.supervised_unprompted(c[:bl], yl) + losses.supervised_unprompted(r[:bl], yl)
                    + self.lambda_cross * 0.5 * losses.dice_ce(p_src[bl:], ens)
                    + self.lambda_consistency * 0.5 * losses.dice_ce(r[bl:], ens))

@@ -292,7 +292,8 @@ class _Run:
                                  prompt_type=cfg.resolved_prompt_type(), box_margin=cfg.box_margin,
                                  frozen_encoder=cfg.freeze_encoder,
                                  unlabeled_trains_encoder=cfg.unlabeled_trains_encoder,
-                                 negative_boxes=cfg.negative_boxes, agreed_prompts=cfg.agreed_prompts)
+                                 negative_boxes=cfg.negative_boxes, agreed_prompts=cfg.agreed_prompts,
+                                 pseudo_label_threshold=cfg.pseudo_label_threshold)
         neck = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("image_encoder.neck.")]
         rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in neck)]
         groups = [{"params": rest}] + ([{"params": neck, "lr_scale": cfg.neck_lr_scale}] if neck else [])

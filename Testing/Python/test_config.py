@@ -101,6 +101,8 @@ def test_from_dict_round_trip_and_rejections():
            ({"batch_size": 1}, "--batch-size"),
            ({"lr": float("nan")}, "--lr"),
            ({"update": "sequential", "freeze_encoder": True}, "--freeze-encoder"),
+           ({"pseudo_label_threshold": 1.0}, "--pseudo-label-threshold"),
+           ({"pseudo_label_threshold": 0}, "--pseudo-label-threshold"),
            ({"resume": True, "overwrite": True}, "--overwrite")]
     for data, word in bad:
         with pytest.raises(InputError, match=re.escape(word)):

@@ -103,6 +103,15 @@ def test_probs_and_pseudo_label_is_argmax_of_mean_without_grad():
     assert pl.flatten().tolist() == [0, 0, 0, 1]
     assert not pl.requires_grad and pl.grad_fn is None
     assert pseudo_label(b).flatten().tolist() == [1, 0, 0, 0]
+    # a threshold turns pixels whose mean probability of their class is below it into background
+    c1 = torch.tensor([0.9, 0.65, 0.3, 0.5])  # class-1 probabilities; pixel 2 is confident background
+    c = torch.stack([1 - c1, c1]).reshape(1, 2, 2, 2)
+    assert pseudo_label(c).flatten().tolist() == [1, 1, 0, 0]
+    assert pseudo_label(c, threshold=0.6).flatten().tolist() == [1, 1, 0, 0]
+    assert pseudo_label(c, threshold=0.7).flatten().tolist() == [1, 0, 0, 0]
+    assert pseudo_label(c, threshold=0.75).flatten().tolist() == [1, 0, 0, 0]
+    three = torch.tensor([0.2, 0.45, 0.35]).reshape(1, 3, 1, 1)  # class 1 wins with 0.45
+    assert pseudo_label(three).item() == 1 and pseudo_label(three, threshold=0.5).item() == 0
     p = probs(_logits_quarter())
     assert p[0, :, 0, 0].tolist() == pytest.approx([0.25, 0.75])
 

@@ -278,3 +278,41 @@ def test_agreed_prompts_drop_a_false_component_the_other_decoder_does_not_see():
         assert cross[(2, "center")].present[0].tolist() == want
         assert cross[(1, "center")].present[0].tolist() == [True, False]
         assert torch.equal(cross[(2, "center")].center[0, 0], cross[(1, "center")].center[0, 0])
+
+
+@pytest.mark.parametrize("method", ["cpcsam", "cross_prompting", "cps"])
+def test_pseudo_label_threshold_tightens_every_unlabeled_target(method, monkeypatch):
+    """Real LiteMedSAM decoders on real-weight embeddings of noise: the thresholded targets keep only
+    foreground pixels of the plain targets, fewer of them, and reach L_cross (and L_c)."""
+    model = DualBranchSAM(build_backbone("litemedsam"), num_classes=2)
+    emb = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    yl = torch.zeros(1, 256, 256, dtype=torch.long)
+    yl[0, 100:160, 90:170] = 1
+    seen = []
+    for name in ("cross_prompting_loss", "prompt_consistency_loss"):
+        real = getattr(losses, name)
+
+        def spy(a, b, t1, t2, _real=real, _name=name):
+            seen.append((_name, t1.clone(), t2.clone()))
+            return _real(a, b, t1, t2)
+
+        monkeypatch.setattr(losses, name, spy)
+    targets = {}
+    for threshold in (None, 0.9):
+        seen.clear()
+        obj = CPCObjective(model, method, frozen_encoder=True, pseudo_label_threshold=threshold)
+        with torch.no_grad():
+            out = obj(emb[:1], yl, emb[1:], np.random.default_rng(0))
+        assert torch.isfinite(out["loss"])
+        targets[threshold] = list(seen)
+    names = [n for n, _, _ in targets[None]]
+    assert names == [n for n, _, _ in targets[0.9]]
+    assert names.count("cross_prompting_loss") == 1
+    assert names.count("prompt_consistency_loss") == (1 if method == "cpcsam" else 0)
+    for (_, *plain), (_, *tight) in zip(targets[None], targets[0.9]):
+        for p, t in zip(plain, tight):
+            assert bool(((t > 0) <= (p == t)).all())  # a kept pixel keeps its class
+            assert (t > 0).sum() <= (p > 0).sum()
+    fg_plain = sum(int((t > 0).sum()) for _, *ts in targets[None] for t in ts)
+    fg_tight = sum(int((t > 0).sum()) for _, *ts in targets[0.9] for t in ts)
+    assert fg_tight < fg_plain
