@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=repo.parent / "shared" / "data" / "busi")
     parser.add_argument("--output", type=Path, default=repo / "CPCSAMLib" / "demo_data" / "busi")
-    parser.add_argument("--labeled-list", default="labeled_10.txt", help="labeled names, a file in --source")
+    parser.add_argument("--labeled-list", default="labeled_10.txt", help="labeled names: a file in --source, or a path")
     args = parser.parse_args()
     src, out = args.source, args.output
 
