@@ -118,6 +118,11 @@ class Plan:
     def pair(self, name: str) -> tuple:
         return self.root / "images" / name, self.root / self.layout.label_folder / name
 
+    def scored_here(self, result: dict) -> bool:
+        """Whether a kept result was scored on this plan's test cases (the same list, as many of its
+        first cases: ``--max-test``); one that was not must be scored again."""
+        return result.get("test_list") == self.test_list and result.get("test_cases") == len(self.test)
+
     def manifest(self, labeled_stem: str, with_unlabeled: bool) -> dataset.Manifest:
         """The engine's manifest for one labeled list (labeled-only runs get no unlabeled images)."""
         labeled = self.labeled[labeled_stem]

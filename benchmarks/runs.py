@@ -4,7 +4,8 @@ A unit trains with the engine's ``run_training`` on the plan's manifest (labeled
 unlabeled images), then scores the test list with the Predictor in every requested inference
 mode (``unprompted``: the two decoders' mean softmax; ``self_prompt``: the Predictor's
 self-prompted inference), per case and per class, in 3D for volumes. A unit whose JSON exists is
-kept, so an interrupted benchmark continues where it stopped.
+kept, so an interrupted benchmark continues where it stopped; a kept unit scored on other test cases
+is scored again with its trained model.
 """
 from __future__ import annotations
 
@@ -171,14 +172,19 @@ def run_unit(base: TrainConfig, plan: Plan, method: str, labeled_stem: str, seed
         changed = config_differences(old.get("config", {}), dataclasses.asdict(config))
         if changed:
             log(f"{key}: kept {result_path}, trained with other options ({', '.join(changed)}); --force to redo")
-        missing = [m for m in inference if m not in old.get("inference", {})]
+        same_test = plan.scored_here(old)  # else every mode is scored again, on this plan's cases
+        missing = [m for m in inference if not same_test or m not in old.get("inference", {})]
         if not missing:
             log(f"{key}: kept {result_path} (--force to redo)")
             return old
-        if old.get("model") and Path(old["model"]).is_file():  # trained already: score the new modes only
-            log(f"{key}: kept the trained model, scoring {', '.join(missing)}")
+        if old.get("model") and Path(old["model"]).is_file():  # trained already: score the missing modes only
+            log(f"{key}: kept the trained model, scoring {', '.join(missing)}"
+                + ("" if same_test else f" on {len(plan.test)} cases of {plan.test_list}"))
             predictor = Predictor.from_checkpoint(old["model"], old["config"]["device"],
                                                   precision=old["config"]["precision"])
+            if not same_test:
+                old.update(inference={}, test_list=plan.test_list, test_cases=len(plan.test),
+                           test_total=plan.test_total)
             old["inference"].update(_score(predictor, plan, key, missing))
             write_json(result_path, old)
             return old

@@ -27,9 +27,10 @@ TITLES = {
 
 def run_zeroshot(plan: Plan, device_name: str, precision: str, force: bool) -> dict:
     result_path = plan.output / "results" / "zeroshot.json"
-    if not force and result_path.is_file():
+    old = None if force else read_json(result_path)
+    if old is not None and plan.scored_here(old):
         log(f"zeroshot: kept {result_path} (--force to redo)")
-        return read_json(result_path)
+        return old
     import numpy as np
     import SimpleITK as sitk
     import torch

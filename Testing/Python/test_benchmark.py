@@ -194,6 +194,26 @@ def test_rerun_keeps_every_unit(hippocampus_run, shared_data_dir, repo_root):
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("*.json") if p.name != "run.json"} == before
 
 
+def test_rerun_on_more_test_cases_scores_the_kept_model_again(tmp_path, busi_dir, repo_root):
+    args = ["--data", busi_dir, "--output", tmp_path / "out", "--methods", "supervised", "zeroshot", "--seeds", "0",
+            *TINY]
+    first = _bench(repo_root, *args, "--max-test", "1", timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = tmp_path / "out" / "results" / "supervised__labeled_10__seed0.json"
+    model = json.loads(result.read_text())["model"]
+    trained = os.stat(model).st_mtime_ns
+    r = _bench(repo_root, *args, "--max-test", "3", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "kept the trained model, scoring unprompted on 3 cases of val.txt" in r.stderr
+    assert os.stat(model).st_mtime_ns == trained  # scored again, not trained again
+    d = json.loads(result.read_text())
+    assert d["test_cases"] == 3 and d["inference"]["unprompted"]["metrics"]["cases"] == 3
+    assert len(d["inference"]["unprompted"]["rows"]) == 3
+    zs = json.loads((tmp_path / "out" / "results" / "zeroshot.json").read_text())
+    assert zs["test_cases"] == 3 and zs["variants"]["zeroshot_box"]["metrics"]["cases"] == 3
+    assert "Scored on `val.txt`: 3 of 86 cases" in (tmp_path / "out" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--data", "/nonexistent/folder"], "is not a folder"),
     (["--checkpoint", "best"], "--checkpoint best needs --val-list"),
