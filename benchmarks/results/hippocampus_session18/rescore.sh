@@ -1,5 +1,7 @@
 #!/bin/bash
 # usage: rescore.sh WAITPID SRC_DIR METHOD SEED : scores SRC_DIR's trained model (session 17, 8 volumes) on all 30 val volumes
+# (Run as recorded here in session 18. Since then the benchmark itself scores a kept unit again when
+# --max-test or --test-list differ, so emptying "inference" below is no longer needed.)
 cd "$(dirname "$0")/../../.."
 while kill -0 $1 2>/dev/null; do sleep 5; done
 O=${OUT:-/work/scratch/s18}/re_$(basename $2)
